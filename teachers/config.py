@@ -1,0 +1,19 @@
+"""The `teacher:` config section (owned by the teacher zoo)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TeacherConfig:
+    family: str = ""  # usjepa | timm | mae | urfm | dinov2 | ijepa | usfm | random
+    checkpoint: str = ""
+    arch: str = ""  # architecture name where the family needs one (timm model name, vit_base, ...)
+    patch_size: int = 0  # 0 = the family's default
+    norm: str = ""  # normalisation preset: imagenet | clip | minus_one_one | zscore | none ("" = family default)
+    layer: int = -1  # block whose output is the target (-1 = last)
+    mean_last_k: int = 1  # average the outputs of the last k blocks
+    final_norm: bool = True  # apply the encoder's final norm to the chosen layer
+    cache: str = ""  # directory of precomputed targets (usjepa teacher cache); "" = run the teacher live
+    options: dict = field(default_factory=dict)  # family-specific extras

@@ -1,0 +1,156 @@
+"""`usjepa <verb>`: thin argument parsing; each verb loads a config and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+VERBS_HELP = """verbs:
+  pretrain   train a student (salt), a pixel-MAE teacher (mae) or an I-JEPA baseline (ema_jepa) from a YAML config
+  simulate   write a labelled, simulated B-mode ultrasound dataset (PNG + manifest.csv)
+  teacher    teacher tools: `usjepa teacher cache CONFIG` precomputes a frozen teacher's targets
+  probe      linear / attentive / kNN probes of encoders on labelled datasets -> one results table
+  submit     send a pretraining (or probe) config to SLURM via submitit, or run it locally
+  sweep      expand a grid of overrides and submit it as one SLURM job array
+  status     a table of every job in a run or sweep folder
+  export     write a checkpoint's encoder as timm-compatible safetensors
+  demo       the whole method end to end on simulated data: teacher -> student -> probes -> table
+  config     print the resolved config (or the configuration reference) without running anything
+
+Run `usjepa <verb> --help` for the arguments of a verb."""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 data.batch_size=32")
+
+
+def _pretrain(args) -> int:
+    from usjepa.config import load_config
+    from usjepa.train import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    res = run_training(cfg)
+    print(f"{res.status} at step {res.step}: {res.run_dir}")
+    return 0
+
+
+def _config(args) -> int:
+    from omegaconf import OmegaConf
+
+    from usjepa.config import load_config, schema_fields
+
+    if args.reference:
+        for key, typ, default in schema_fields():
+            print(f"{key:40s} {typ:8s} {default!r}")
+        return 0
+    if not args.config:
+        print("usjepa config: give a CONFIG file, or --reference", file=sys.stderr)
+        return 2
+    print(OmegaConf.to_yaml(load_config(args.config, args.overrides), resolve=True), end="")
+    return 0
+
+
+def _export(args) -> int:
+    from usjepa.models import export_encoder, load_encoder_checkpoint
+
+    enc = load_encoder_checkpoint(args.checkpoint, which=args.which)
+    mc = dict(img_size=list(enc.img_size), patch_size=enc.patch_size, in_chans=enc.in_chans,
+              cls_token=bool(enc.num_prefix_tokens), embed_dim=enc.embed_dim, depth=enc.depth, num_heads=enc.num_heads)
+    path = export_encoder(enc, args.out, mc)
+    kw = ", ".join(f"{k}={v!r}" for k, v in enc.timm_kwargs().items())
+    print(f"wrote {path}\nload it with: timm.create_model('vit_base_patch16_224', {kw}, checkpoint_path='{path}')")
+    return 0
+
+
+def _optional(module: str, attr: str):
+    """Verbs whose implementation lives in another part of the package (imported lazily: fast --help)."""
+    import importlib
+
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="usjepa", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Ultrasound foundation models with a frozen teacher (SALT / US-JEPA).", epilog=VERBS_HELP)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = sub.add_parser("pretrain", help="train from a config (objective.name=salt|mae|ema_jepa)",
+                       description="Train a model from a YAML config plus dotted overrides. Resumes automatically "
+                                   "from <train.out_dir>/latest.pt.")
+    _add_config_args(p)
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("config", help="print the resolved config or the configuration reference")
+    p.add_argument("config", nargs="?", default=None)
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--reference", action="store_true", help="list every config key with its type and default")
+    p.set_defaults(func=_config)
+
+    p = sub.add_parser("export", help="export a checkpoint's encoder (timm key names, safetensors)")
+    p.add_argument("checkpoint", help="latest.pt / best.pt / step_N.pt of a usjepa run")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--which", default="model", choices=("model", "target_encoder"),
+                   help="network inside the checkpoint (target_encoder: the EMA encoder of ema_jepa)")
+    p.set_defaults(func=_export)
+
+    lazy = [
+        ("simulate", "usjepa.data.simulate", "add_arguments", "run_from_args",
+         "write a simulated, labelled B-mode dataset"),
+        ("probe", "usjepa.eval.benchmark", "add_arguments", "run_from_args",
+         "probe encoders on labelled datasets -> results table"),
+        ("submit", "launch.cli", "add_submit_arguments", "run_submit", "submit a config to SLURM (or run locally)"),
+        ("sweep", "launch.cli", "add_sweep_arguments", "run_sweep", "submit a grid of overrides as one job array"),
+        ("status", "launch.cli", "add_status_arguments", "run_status", "table of the jobs in a run or sweep folder"),
+        ("demo", "usjepa.demo", "add_arguments", "run_from_args", "the whole method end to end on simulated data"),
+    ]
+    for verb, module, add, run, help_ in lazy:
+        p = sub.add_parser(verb, help=help_, description=help_)
+        try:
+            _optional(module, add)(p)
+            p.set_defaults(func=_optional(module, run))
+        except (ImportError, AttributeError) as e:
+            p.set_defaults(func=lambda args, e=e, verb=verb: _unavailable(verb, e))
+
+    t = sub.add_parser("teacher", help="teacher tools (cache)", description="Tools for frozen teachers.")
+    tsub = t.add_subparsers(dest="teacher_verb", metavar="ACTION")
+    p = tsub.add_parser("cache", help="precompute a teacher's targets for a dataset's fixed views",
+                        description="Precompute the frozen teacher's normalised target tokens for the fixed views of "
+                                    "the config's dataset into fp16 shards; train from them with teacher.cache=DIR.")
+    try:
+        _optional("teachers.cache", "add_arguments")(p)
+        p.set_defaults(func=_optional("teachers.cache", "run_from_args"))
+    except (ImportError, AttributeError) as e:
+        p.set_defaults(func=lambda args, e=e: _unavailable("teacher cache", e))
+    t.set_defaults(func=lambda args: (t.print_help(), 2)[1])
+    return parser
+
+
+def _unavailable(verb: str, err: Exception) -> int:
+    print(f"usjepa {verb} is unavailable in this installation: {err}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from usjepa.config import ConfigError
+    from usjepa.models.checkpoint_io import CheckpointError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""Typed run configuration: schema -> YAML (with `base:` inheritance) -> dotted CLI overrides -> validate -> save.
+
+Every section is a dataclass; an unknown key anywhere is an error that names the closest valid key.
+Area-specific sections live next to the code that reads them (data, teachers, launch, eval) and are
+composed here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from launch.config import LaunchConfig
+from teachers.config import TeacherConfig
+from usjepa.data.config import DataConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the user: what, where, and what to do."""
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ModelConfig:
+    """The student encoder (for `mae`, the encoder that becomes the teacher)."""
+
+    arch: str = "vit_tiny"  # vit_tiny | vit_small | vit_base | vit_large | vit_huge
+    patch_size: int = 16
+    img_size: list[int] = field(default_factory=lambda: [64, 64])  # [H, W]
+    in_chans: int = 1  # channels the patch embedding takes; inputs are converted to this
+    cls_token: bool = True
+    drop_path: float = 0.0
+    attn_backend: str = "auto"  # auto | xformers | sdpa | math (env USJEPA_ATTN overrides auto)
+    norm_mean: list[float] = field(default_factory=lambda: [0.5])
+    norm_std: list[float] = field(default_factory=lambda: [0.25])
+    # explicit sizes override the preset when > 0
+    embed_dim: int = 0
+    depth: int = 0
+    num_heads: int = 0
+
+
+@dataclass
+class PredictorConfig:
+    depth: int = 12
+    embed_dim: int = 384
+    num_heads: int = 16
+    per_block: bool = True  # predict each target block in its own sequence (I-JEPA); False: the union at once
+
+
+@dataclass
+class RegionMaskConfig:
+    """USrc-JEPA: restrict context and targets to patches inside the ultrasound region (fan)."""
+
+    enabled: bool = False
+    min_fraction: float = 0.0  # a patch is valid when more than this share of its pixels is in the region
+    tau: int = 4  # a block needs at least tau valid patches, else it is resampled
+    max_tries: int = 20
+
+
+@dataclass
+class MaskConfig:
+    preset: str = "usjepa"  # usjepa | ijepa | salt | random | custom
+    # custom multi-block settings (used when preset == custom; presets fill these in)
+    context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
+    context_aspect: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    target_scale: list[float] = field(default_factory=lambda: [0.075, 0.125])
+    target_aspect: list[float] = field(default_factory=lambda: [0.75, 1.5])
+    num_targets: int = 4
+    min_keep: int = 10
+    allow_overlap: bool = False
+    random_ratio: float = 0.75  # preset `random`: share of patches masked
+    region: RegionMaskConfig = field(default_factory=RegionMaskConfig)
+
+
+@dataclass
+class EMAConfig:
+    momentum_start: float = 0.996
+    momentum_end: float = 1.0
+
+
+@dataclass
+class MAEConfig:
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "salt"  # salt | mae | ema_jepa
+    loss: str = "l1"  # l1 | smooth_l1 | l2
+    smooth_l1_beta: float = 1.0
+    target_norm: str = "layernorm"  # layernorm (non-affine, per token) | none
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6.25e-4  # peak
+    start_lr: float = 2e-4
+    final_lr: float = 1e-6
+    warmup: float = 0.1  # < 1: share of total steps; >= 1: steps
+    weight_decay: float = 0.04
+    final_weight_decay: float = 0.4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    clip_grad: float = 1.0  # 0 disables
+    accum_steps: int = 1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200  # optimizer steps; if epochs > 0, steps = epochs * steps per epoch
+    epochs: int = 0
+    out_dir: str = "runs/default"
+    seed: int = 0
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    log_every: int = 10
+    ckpt_every: int = 100  # step_N.pt every K steps (latest.pt is rewritten then too)
+    keep_last: int = 2  # step_N.pt files to keep
+    val_every: int = 0  # held-out validation loss every K steps; 0 disables; keeps best.pt
+    val_fraction: float = 0.05
+    val_batches: int = 4
+    threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
+    compile: bool = False
+    resume: bool = True  # resume from out_dir/latest.pt when it exists
+    progress: bool = True
+    probe_every: int = 0  # periodic linear probe on the labelled val split; 0 disables
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _keys_of(schema_node: Any) -> list[str]:
+    if isinstance(schema_node, DictConfig):
+        return [str(k) for k in schema_node.keys()]
+    return []
+
+
+def _all_dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    out = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            out.append(path)
+            out.extend(_all_dotted_keys(node._get_node(k), path))
+    return out
+
+
+def _unknown_key_message(schema: DictConfig, bad_key: str, where: str) -> str:
+    valid = _all_dotted_keys(schema)
+    close = difflib.get_close_matches(bad_key, valid, n=1, cutoff=0.5)
+    if not close:  # try the leaf name alone
+        leaf = bad_key.split(".")[-1]
+        close = [k for k in valid if k.split(".")[-1] in difflib.get_close_matches(leaf, [v.split(".")[-1] for v in valid], n=1)]
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown config key '{bad_key}' in {where}{hint}"
+
+
+def _check_keys(schema: DictConfig, data: Any, where: str, prefix: str = "") -> None:
+    """Walk a plain dict against the schema so the first unknown key gets a helpful message."""
+    if not isinstance(data, dict):
+        return
+    for k, v in data.items():
+        path = f"{prefix}.{k}" if prefix else str(k)
+        node = schema._get_node(k) if k in schema else None
+        if node is None:
+            raise ConfigError(_unknown_key_message(schema if not prefix else _root(schema), path, where))
+        if isinstance(node, DictConfig) and isinstance(v, dict) and OmegaConf.get_type(node) is not dict:
+            _check_keys(node, v, where, path)  # free-form dict fields (e.g. teacher.options) take any key
+
+
+def _root(node: DictConfig) -> DictConfig:
+    while node._get_parent() is not None:
+        node = node._get_parent()
+    return node
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML config; a top-level `base: other.yaml` (relative to this file) is merged underneath."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found; pass a YAML file such as configs/pretrain/salt_vit_tiny_sim.yaml")
+    if path.resolve() in seen:
+        raise ConfigError(f"config '{path}' includes itself through `base:`")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as e:  # yaml syntax errors carry line numbers
+        raise ConfigError(f"cannot parse config '{path}': {e}") from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config '{path}' must be a mapping at the top level")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    parent = _read_yaml((path.parent / base), seen + (path.resolve(),))
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(parent), OmegaConf.create(raw)))
+
+
+def _structured(schema: type) -> DictConfig:
+    """The schema as a struct-mode config whose free-form dict fields still accept new keys."""
+    base = OmegaConf.structured(schema)
+    OmegaConf.set_struct(base, True)
+
+    def open_dicts(node: DictConfig) -> None:
+        for k in node.keys():
+            child = node._get_node(k)
+            if isinstance(child, DictConfig):
+                if OmegaConf.get_type(child) is dict:
+                    OmegaConf.set_struct(child, False)
+                else:
+                    open_dicts(child)
+
+    open_dicts(base)
+    return base
+
+
+def _under_free_dict(base: DictConfig, key: str) -> bool:
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        node = OmegaConf.select(base, ".".join(parts[:i]), default=None)
+        if isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:
+            return True
+    return False
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), schema: type = PretrainConfig
+) -> DictConfig:
+    """Schema defaults <- YAML file <- `key=value` overrides; unknown keys and bad types are ConfigErrors."""
+    base = _structured(schema)
+    cfg = base
+    if path is not None:
+        data = _read_yaml(Path(path))
+        _check_keys(base, data, f"'{path}'")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(data))
+        except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
+            raise ConfigError(f"bad value in '{path}' at '{e.full_key}': {str(e.msg).splitlines()[0]}") from None
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override '{ov}' must look like key=value, e.g. optim.lr=1e-3")
+        key = ov.split("=", 1)[0].lstrip("+")
+        known = OmegaConf.select(base, key, default="__missing__") != "__missing__" or _is_container_key(base, key)
+        if not known and not _under_free_dict(base, key):
+            raise ConfigError(_unknown_key_message(base, key, "command-line overrides"))
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
+        except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
+            raise ConfigError(f"bad override '{ov}': {str(e.msg).splitlines()[0]}") from None
+    validate(cfg)
+    return cfg
+
+
+def _is_container_key(base: DictConfig, key: str) -> bool:
+    try:
+        node = OmegaConf.select(base, key, default=None)
+    except Exception:
+        return False
+    return isinstance(node, (DictConfig, ListConfig))
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{key}='{value}' is not one of {', '.join(choices)}{hint}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and consistency checks that the type system cannot express."""
+    if "objective" not in cfg:
+        return
+    from usjepa.masks import MASK_PRESETS
+    from usjepa.models.vit import VIT_PRESETS
+
+    _choice(cfg.objective.name, ("salt", "mae", "ema_jepa"), "objective.name")
+    _choice(cfg.objective.loss, ("l1", "smooth_l1", "l2"), "objective.loss")
+    _choice(cfg.objective.target_norm, ("layernorm", "none"), "objective.target_norm")
+    _choice(cfg.model.arch, tuple(VIT_PRESETS), "model.arch")
+    _choice(cfg.model.attn_backend, ("auto", "xformers", "sdpa", "math"), "model.attn_backend")
+    _choice(cfg.mask.preset, tuple(MASK_PRESETS) + ("custom",), "mask.preset")
+    _choice(cfg.train.precision, ("auto", "bf16", "fp32"), "train.precision")
+    if len(cfg.model.img_size) != 2:
+        raise ConfigError(f"model.img_size must be [H, W], got {list(cfg.model.img_size)}")
+    for i, s in enumerate(cfg.model.img_size):
+        if s % cfg.model.patch_size:
+            raise ConfigError(
+                f"model.img_size[{i}]={s} is not a multiple of model.patch_size={cfg.model.patch_size}; "
+                f"use e.g. {s - s % cfg.model.patch_size or cfg.model.patch_size}"
+            )
+    if cfg.model.in_chans not in (1, 3):
+        raise ConfigError(f"model.in_chans must be 1 or 3, got {cfg.model.in_chans}")
+    if len(cfg.model.norm_mean) not in (1, cfg.model.in_chans) or len(cfg.model.norm_std) != len(cfg.model.norm_mean):
+        raise ConfigError("model.norm_mean / model.norm_std need 1 or in_chans values each, of equal length")
+    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(cfg.optim.betas)}")
+    if cfg.optim.accum_steps < 1:
+        raise ConfigError("optim.accum_steps must be >= 1")
+    if cfg.train.steps < 1 and cfg.train.epochs < 1:
+        raise ConfigError("set train.steps or train.epochs to a positive number")
+    if not 0 <= cfg.train.val_fraction < 0.5:
+        raise ConfigError(f"train.val_fraction must be in [0, 0.5), got {cfg.train.val_fraction}")
+    if cfg.objective.name in ("salt",) and not cfg.teacher.family:
+        raise ConfigError(
+            "objective.name=salt needs a frozen teacher: set teacher.family (e.g. usjepa, mae, timm, dinov2) "
+            "and teacher.checkpoint, or teacher.family=random for a smoke test"
+        )
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def git_info(repo_dir: str | Path | None = None) -> dict:
+    """Commit and dirty diff of the source tree that runs (empty when not a git checkout)."""
+    repo_dir = Path(repo_dir or Path(__file__).resolve().parent.parent)
+    def run(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = run("rev-parse", "HEAD").strip()
+    return {"commit": commit, "dirty_diff": run("diff", "HEAD") if commit else ""}
+
+
+def package_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("usjepa", "torch", "torchvision", "timm", "xformers", "submitit", "omegaconf", "numpy", "pandas"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def save_run_config(cfg: DictConfig, run_dir: str | Path) -> None:
+    """Write the resolved config, git commit + diff and package versions beside the run (atomically)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    info = git_info()
+    _atomic_write(run_dir / "git_diff.patch", info.pop("dirty_diff"))
+    meta = {"git": info, "versions": package_versions(), "argv": sys.argv, "host": platform.node()}
+    _atomic_write(run_dir / "env.json", json.dumps(meta, indent=2))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def from_dict(d: dict, schema: type = PretrainConfig) -> DictConfig:
+    """Rebuild a typed config from a checkpoint's plain dict (keys unknown to this version are an error)."""
+    base = _structured(schema)
+    _check_keys(base, d, "the checkpoint's config")
+    return OmegaConf.merge(base, OmegaConf.create(d))
+
+
+def schema_fields(schema: type = PretrainConfig, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted key, type, default) rows for the configuration reference in the README."""
+    rows = []
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        if dataclasses.is_dataclass(default):
+            rows.extend(schema_fields(type(default), key + "."))
+        else:
+            rows.append((key, getattr(f.type, "__name__", str(f.type)), default))
+    return rows

@@ -1,0 +1,83 @@
+"""Collation: per-sample masks (seeded by the item) -> padded index tensors for the whole batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class MaskBatch:
+    """One mask pair for a batch. Padding slots hold index 0 and are False in the `*_valid` tensors."""
+
+    context: Tensor  # [B, Kc] long
+    context_valid: Tensor | None  # [B, Kc] bool, None when nothing is padded
+    targets: Tensor  # [B, T, Kt] long
+    targets_valid: Tensor | None  # [B, T, Kt] bool
+
+    def to(self, device) -> MaskBatch:
+        mv = lambda t: None if t is None else t.to(device, non_blocking=True)
+        return MaskBatch(mv(self.context), mv(self.context_valid), mv(self.targets), mv(self.targets_valid))
+
+
+def _pad(rows: list[np.ndarray]) -> tuple[Tensor, Tensor | None]:
+    k = max(len(r) for r in rows)
+    out = np.zeros((len(rows), k), dtype=np.int64)
+    valid = np.zeros((len(rows), k), dtype=bool)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+        valid[i, : len(r)] = True
+    return torch.from_numpy(out), (None if valid.all() else torch.from_numpy(valid))
+
+
+def collate_masks(per_sample: list[list[tuple[np.ndarray, list[np.ndarray]]]]) -> list[MaskBatch]:
+    """per_sample[b][pair] = (context idx, [target idx ...]) -> one MaskBatch per pair."""
+    out = []
+    for p in range(len(per_sample[0])):
+        ctx, ctx_valid = _pad([s[p][0] for s in per_sample])
+        T = len(per_sample[0][p][1])
+        flat, flat_valid = _pad([t for s in per_sample for t in s[p][1]])  # [B*T, Kt]
+        B, Kt = len(per_sample), flat.shape[1]
+        tv = None if flat_valid is None else flat_valid.reshape(B, T, Kt)
+        out.append(MaskBatch(ctx, ctx_valid, flat.reshape(B, T, Kt), tv))
+    return out
+
+
+def patch_validity(region: Tensor, patch_size: int, min_fraction: float = 0.0) -> Tensor:
+    """[B, H, W] region masks -> [B, h, w] bool: a patch is valid when more than min_fraction of it is in the region."""
+    frac = F.avg_pool2d(region.float().unsqueeze(1), patch_size).squeeze(1)
+    return frac > min_fraction
+
+
+class MaskCollator:
+    """Wraps the data collate: adds `masks` (list of MaskBatch) drawn per item from its own seed.
+
+    Items carry `item_seed` (from the sampler) so that masks, like augmentations, are a pure function of
+    (run seed, epoch, position): a resumed run and a DDP rank see exactly the masks a single process would.
+    """
+
+    def __init__(self, masker: Callable, patch_size: int, base_collate: Callable,
+                 use_region: bool = False, min_fraction: float = 0.0):
+        self.masker = masker
+        self.patch_size = patch_size
+        self.base_collate = base_collate
+        self.use_region = use_region
+        self.min_fraction = min_fraction
+
+    def __call__(self, items: list) -> dict | None:
+        batch = self.base_collate(items)
+        if batch is None:
+            return None
+        seeds = batch["item_seed"].tolist()
+        valid = patch_validity(batch["region"], self.patch_size, self.min_fraction).numpy() if self.use_region else None
+        per_sample = []
+        for i, s in enumerate(seeds):
+            rng = np.random.default_rng([int(s), 0x6D61736B])  # a stream of its own, apart from augmentation
+            per_sample.append(self.masker(rng, None if valid is None else valid[i]))
+        batch["masks"] = collate_masks(per_sample)
+        return batch

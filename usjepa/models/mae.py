@@ -1,0 +1,47 @@
+"""MAE pixel decoder (stage 1): visible encoder tokens + mask tokens -> pixels of every patch."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from usjepa.models.layers import Block, init_weights, sincos_2d
+
+
+class MAEDecoder(nn.Module):
+    def __init__(self, in_dim: int, patch_size: int, out_chans: int, embed_dim: int = 512, depth: int = 8,
+                 num_heads: int = 16, attn_backend: str = "auto"):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.decoder_embed = nn.Linear(in_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.decoder_blocks = nn.ModuleList(Block(embed_dim, num_heads, backend=attn_backend) for _ in range(depth))
+        self.decoder_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(embed_dim, patch_size * patch_size * out_chans)
+        self._pos_cache: dict[tuple[int, int], Tensor] = {}
+        self.apply(init_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, visible: Tensor, keep: Tensor, grid: tuple[int, int], keep_valid: Tensor | None = None) -> Tensor:
+        """visible [B, K, D] at patch indices keep [B, K] -> pixel predictions [B, N, p*p*C] for the whole grid."""
+        B, K, _ = visible.shape
+        N = grid[0] * grid[1]
+        x = self.decoder_embed(visible)
+        full = self.mask_token.to(x.dtype).expand(B, N + 1, -1).clone()  # [B, N+1, Dd]; slot N takes padding
+        if keep_valid is not None:
+            keep = torch.where(keep_valid, keep, torch.full_like(keep, N))
+        full = full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)[:, :N]
+        if grid not in self._pos_cache:
+            self._pos_cache[grid] = sincos_2d(self.embed_dim, grid).unsqueeze(0)
+        full = full + self._pos_cache[grid].to(full)
+        for blk in self.decoder_blocks:
+            full = blk(full)
+        return self.decoder_pred(self.decoder_norm(full))
+
+
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """[B, C, H, W] -> [B, N, p*p*C] in raster patch order (MAE layout)."""
+    B, C, H, W = images.shape
+    p = patch_size
+    x = images.reshape(B, C, H // p, p, W // p, p)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(B, (H // p) * (W // p), p * p * C)

@@ -1,0 +1,182 @@
+"""The ViT encoder: fixed 2-D sin-cos positions, optional CLS token, any patch size and (non-square) image size.
+
+Parameter names follow timm's `VisionTransformer`, so an exported state dict loads into
+`timm.create_model('vit_tiny_patch16_224', img_size=..., in_chans=..., num_classes=0)` with strict=True.
+The encoder owns its input handling: images in [0, 1] with 1 or 3 channels are converted to
+`in_chans` and normalised with `norm_mean` / `norm_std`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from usjepa.models.layers import Block, gather_tokens, init_weights, rescale_residual_branches, sincos_2d
+
+VIT_PRESETS: dict[str, dict[str, int]] = {
+    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "vit_small": dict(embed_dim=384, depth=12, num_heads=6),
+    "vit_base": dict(embed_dim=768, depth=12, num_heads=12),
+    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "vit_huge": dict(embed_dim=1280, depth=32, num_heads=16),
+}
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # [B, C, H, W] -> [B, N, D]
+
+
+def to_channels(images: Tensor, channels: int) -> Tensor:
+    """Grayscale <-> RGB conversion of [B, C, H, W] images (replicate, or average)."""
+    c = images.shape[1]
+    if c == channels:
+        return images
+    if c == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1)
+    if c == 3 and channels == 1:
+        return images.mean(dim=1, keepdim=True)
+    raise ValueError(f"images have {c} channels; expected 1 or 3")
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder. `forward(images, keep)` returns final-norm patch tokens [B, N or K, D]."""
+
+    def __init__(
+        self,
+        img_size: Sequence[int] = (224, 224),
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        cls_token: bool = True,
+        drop_path: float = 0.0,
+        attn_backend: str = "auto",
+        norm_mean: Sequence[float] = (0.5,),
+        norm_std: Sequence[float] = (0.25,),
+    ):
+        super().__init__()
+        self.img_size = (int(img_size[0]), int(img_size[1]))
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.num_prefix_tokens = 1 if cls_token else 0
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
+        grid = self.grid(self.img_size)
+        pos = sincos_2d(embed_dim, grid)
+        if cls_token:
+            pos = torch.cat([torch.zeros(1, embed_dim), pos], dim=0)  # MAE-style zero slot for the CLS token
+        self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=True)  # fixed; kept in the state dict
+        rates = torch.linspace(0, drop_path, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, drop_path=r, backend=attn_backend) for r in rates
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        mean = torch.tensor(list(norm_mean), dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(list(norm_std), dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("input_mean", mean, persistent=False)
+        self.register_buffer("input_std", std, persistent=False)
+        self._pos_cache: dict[tuple[int, int], Tensor] = {}
+        self.apply(init_weights)
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        rescale_residual_branches(self.blocks)
+
+    # ------------------------------------------------------------------ geometry
+    def grid(self, image_size: Sequence[int]) -> tuple[int, int]:
+        h, w = int(image_size[0]), int(image_size[1])
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {self.patch_size}")
+        return h // self.patch_size, w // self.patch_size
+
+    def patch_pos_embed(self, grid: tuple[int, int]) -> Tensor:
+        """[1, N, D] patch position embeddings for any grid (sin-cos is exact at every size)."""
+        if grid == self.grid(self.img_size):
+            return self.pos_embed[:, self.num_prefix_tokens:]
+        if grid not in self._pos_cache:
+            self._pos_cache[grid] = sincos_2d(self.embed_dim, grid).unsqueeze(0)
+        return self._pos_cache[grid].to(self.pos_embed)
+
+    # ------------------------------------------------------------------ forward
+    def prepare(self, images: Tensor) -> Tensor:
+        """[0, 1] images with 1 or 3 channels -> normalised model input with `in_chans` channels."""
+        x = to_channels(images, self.in_chans)
+        return (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
+
+    def _embed(self, images: Tensor, keep: Tensor | None) -> tuple[Tensor, tuple[int, int]]:
+        grid = self.grid(images.shape[-2:])
+        x = self.patch_embed(self.prepare(images))  # [B, N, D]
+        x = x + self.patch_pos_embed(grid).to(x.dtype)
+        if keep is not None:
+            x = gather_tokens(x, keep)  # [B, K, D]
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.pos_embed[:, :1]).to(x.dtype).expand(x.shape[0], -1, -1)
+            x = torch.cat([cls, x], dim=1)
+        return x, grid
+
+    def _prefix_valid(self, keep_valid: Tensor | None) -> Tensor | None:
+        if keep_valid is None or bool(keep_valid.all()):
+            return None
+        if self.num_prefix_tokens:
+            ones = keep_valid.new_ones(keep_valid.shape[0], self.num_prefix_tokens)
+            return torch.cat([ones, keep_valid], dim=1)
+        return keep_valid
+
+    def forward_features(self, images: Tensor, keep: Tensor | None = None,
+                         keep_valid: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
+        """(cls [B, D] or None, patch tokens [B, N or K, D]) after the final norm."""
+        x, _ = self._embed(images, keep)
+        valid = self._prefix_valid(keep_valid)
+        for blk in self.blocks:
+            x = blk(x, valid)
+        x = self.norm(x)
+        cls = x[:, 0] if self.num_prefix_tokens else None
+        return cls, x[:, self.num_prefix_tokens:]
+
+    def forward(self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None) -> Tensor:
+        return self.forward_features(images, keep, keep_valid)[1]
+
+    def get_intermediate_layers(self, images: Tensor, n: int = 1, norm: bool = True) -> list[tuple[Tensor, Tensor | None]]:
+        """(patch tokens [B, N, D], cls [B, D] or None) for each of the last n blocks, oldest first."""
+        if not 1 <= n <= self.depth:
+            raise ValueError(f"n must be in [1, {self.depth}], got {n}")
+        x, _ = self._embed(images, None)
+        outs = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i >= self.depth - n:
+                y = self.norm(x) if norm else x
+                outs.append((y[:, self.num_prefix_tokens:], y[:, 0] if self.num_prefix_tokens else None))
+        return outs
+
+    # ------------------------------------------------------------------ export
+    def timm_kwargs(self) -> dict:
+        """Arguments for `timm.create_model('vit_*', **kwargs)` that rebuild this architecture."""
+        kw = dict(img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
+                  embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads, num_classes=0)
+        if not self.num_prefix_tokens:
+            kw.update(class_token=False, global_pool="avg")
+        return kw
+
+
+def build_vit(arch: str = "vit_tiny", embed_dim: int = 0, depth: int = 0, num_heads: int = 0, **kwargs) -> VisionTransformer:
+    if arch not in VIT_PRESETS:
+        raise ValueError(f"unknown architecture '{arch}'; choose one of {', '.join(VIT_PRESETS)}")
+    p = dict(VIT_PRESETS[arch])
+    for k, v in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
+        if v:
+            p[k] = v
+    return VisionTransformer(**p, **kwargs)

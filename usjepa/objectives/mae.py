@@ -1,0 +1,43 @@
+"""Pixel MAE (stage 1): reconstruct (per-patch normalised) pixels of the masked patches; the encoder becomes a teacher."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from usjepa.models.mae import MAEDecoder, patchify
+from usjepa.models.vit import to_channels
+from usjepa.objectives.base import Objective, pooled_features
+
+
+class MAE(Objective):
+    name = "mae"
+
+    def __init__(self, encoder: nn.Module, decoder: MAEDecoder, norm_pix_loss: bool = True):
+        super().__init__()
+        self.student = encoder
+        self.decoder = decoder
+        self.norm_pix_loss = norm_pix_loss
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"model": self.student, "decoder": self.decoder}
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict]:
+        images = batch["image"]
+        grid = self.student.grid(images.shape[-2:])
+        m = batch["masks"][0]
+        z = self.student(images, m.context, m.context_valid)  # [B, K, D]
+        pred = self.decoder(z, m.context, grid, m.context_valid).float()  # [B, N, p*p*C]
+        target = patchify(to_channels(images, self.student.in_chans).float(), self.student.patch_size)
+        if self.norm_pix_loss:
+            mean = target.mean(-1, keepdim=True)
+            var = target.var(-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6).sqrt()
+        per_patch = (pred - target).pow(2).mean(-1)  # [B, N]
+        masked = torch.zeros_like(per_patch)
+        B, T, Kt = m.targets.shape
+        tv = torch.ones(B, T * Kt, device=masked.device) if m.targets_valid is None else m.targets_valid.reshape(B, -1).float()
+        masked.scatter_add_(1, m.targets.reshape(B, -1), tv)  # 1 at masked patches
+        masked = masked.clamp_max(1.0)
+        loss = ((per_patch * masked).sum(1) / masked.sum(1).clamp_min(1.0)).mean()
+        return loss, {"features": pooled_features(z.detach(), m.context_valid)}

@@ -168,7 +168,7 @@ class VisionTransformer(nn.Module):
         kw = dict(img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
                   embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads, num_classes=0)
         if not self.num_prefix_tokens:
-            kw.update(class_token=False, global_pool="avg")
+            kw.update(class_token=False, global_pool="avg", fc_norm=False)
         return kw
 
 

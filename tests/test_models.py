@@ -1,0 +1,124 @@
+import pytest
+import timm
+import torch
+
+from usjepa.models import Predictor, build_vit, export_encoder, load_encoder_checkpoint
+from usjepa.models.checkpoint_io import CheckpointError
+from usjepa.models.mae import MAEDecoder, patchify
+
+
+def _vit(**kw):
+    torch.manual_seed(0)
+    args = dict(img_size=(64, 96), patch_size=16, in_chans=1, depth=2)
+    args.update(kw)
+    return build_vit("vit_tiny", **args).eval()
+
+
+def test_presets_and_shapes_non_square():
+    m = _vit()
+    x = torch.rand(2, 1, 64, 96)
+    assert m.grid((64, 96)) == (4, 6)
+    assert m(x).shape == (2, 24, 192)
+    keep = torch.tensor([[0, 5, 7], [1, 2, 23]])
+    assert m(x, keep).shape == (2, 3, 192)
+    # a visible subset gives the tokens of a model that only saw those patches: not a slice of the full forward
+    assert not torch.allclose(m(x, keep)[0], m(x)[0, [0, 5, 7]])
+
+
+def test_student_loads_into_timm_strict_and_gives_same_tokens():
+    m = _vit()
+    t = timm.create_model("vit_tiny_patch16_224", img_size=(64, 96), in_chans=1, depth=2, num_classes=0).eval()
+    t.load_state_dict(m.state_dict(), strict=True)
+    x = torch.rand(2, 1, 64, 96)
+    torch.testing.assert_close(m(x), t.forward_features(m.prepare(x))[:, 1:], atol=1e-5, rtol=1e-5)
+
+
+def test_export_file_loads_with_timm_checkpoint_path(tmp_path):
+    m = _vit()
+    p = export_encoder(m, tmp_path / "enc.safetensors", {"arch": "vit_tiny", "depth": 2, "img_size": [64, 96],
+                                                         "patch_size": 16, "in_chans": 1, "cls_token": True})
+    t = timm.create_model("vit_tiny_patch16_224", img_size=(64, 96), in_chans=1, depth=2, num_classes=0,
+                          checkpoint_path=str(p)).eval()
+    x = torch.rand(1, 1, 64, 96)
+    torch.testing.assert_close(m(x), t.forward_features(m.prepare(x))[:, 1:], atol=1e-5, rtol=1e-5)
+    back = load_encoder_checkpoint(p)
+    torch.testing.assert_close(back(x), m(x))
+
+
+def test_no_cls_model_exports_to_timm_avg_pool():
+    m = _vit(cls_token=False)
+    t = timm.create_model("vit_tiny_patch16_224", **{k: v for k, v in m.timm_kwargs().items()
+                                                    if k not in ("embed_dim", "num_heads")}).eval()
+    t.load_state_dict(m.state_dict(), strict=True)
+    x = torch.rand(2, 1, 64, 96)
+    torch.testing.assert_close(m(x), t.forward_features(m.prepare(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_channel_handling_gray_and_rgb_inputs_agree():
+    m = _vit(in_chans=3)
+    g = torch.rand(2, 1, 64, 96)
+    torch.testing.assert_close(m(g), m(g.expand(-1, 3, -1, -1)))
+    m1 = _vit(in_chans=1)
+    torch.testing.assert_close(m1(g.expand(-1, 3, -1, -1)), m1(g))
+
+
+def test_other_image_size_uses_exact_sincos():
+    m = _vit()
+    out = m(torch.rand(1, 1, 48, 48))
+    assert out.shape == (1, 9, 192)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        m(torch.rand(1, 1, 50, 48))
+
+
+def test_intermediate_layers():
+    m = _vit(depth=3)
+    x = torch.rand(2, 1, 64, 96)
+    layers = m.get_intermediate_layers(x, n=2)
+    assert len(layers) == 2 and layers[-1][0].shape == (2, 24, 192) and layers[-1][1].shape == (2, 192)
+    torch.testing.assert_close(layers[-1][0], m(x))
+
+
+def test_padded_keep_equals_unpadded_per_sample():
+    m = _vit()
+    x = torch.rand(2, 1, 64, 96)
+    keep = torch.tensor([[0, 3, 4, 9, 10], [2, 7, 8, 0, 0]])
+    valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    out = m(x, keep, valid)
+    torch.testing.assert_close(out[1, :3], m(x[1:], keep[1:, :3])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_predictor_per_block_and_union_shapes_and_isolation():
+    torch.manual_seed(0)
+    p = Predictor(in_dim=192, out_dim=64, embed_dim=32, depth=2, num_heads=4, per_block=True).eval()
+    ctx = torch.randn(2, 5, 192)
+    cidx = torch.tensor([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])
+    tidx = torch.tensor([[[10, 11], [12, 13]], [[14, 15], [16, 17]]])
+    out = p(ctx, cidx, tidx, (4, 6))
+    assert out.shape == (2, 2, 2, 64)
+    # per-block: predictions for block 0 do not depend on block 1's positions
+    tidx2 = tidx.clone()
+    tidx2[:, 1] = torch.tensor([20, 21])
+    torch.testing.assert_close(p(ctx, cidx, tidx2, (4, 6))[:, 0], out[:, 0])
+    p.per_block = False
+    assert not torch.allclose(p(ctx, cidx, tidx2, (4, 6))[:, 0], p(ctx, cidx, tidx, (4, 6))[:, 0])
+
+
+def test_mae_decoder_ignores_padding_slots():
+    torch.manual_seed(0)
+    d = MAEDecoder(192, 16, 1, embed_dim=32, depth=1, num_heads=4).eval()
+    vis = torch.randn(1, 3, 192)
+    keep = torch.tensor([[1, 4, 0]])
+    valid = torch.tensor([[True, True, False]])
+    a = d(vis, keep, (4, 6), valid)
+    b = d(vis[:, :2], keep[:, :2], (4, 6))
+    torch.testing.assert_close(a, b)
+    assert patchify(torch.rand(2, 1, 64, 96), 16).shape == (2, 24, 256)
+
+
+def test_bad_checkpoints_are_refused_with_names(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_encoder_checkpoint(tmp_path / "empty.pt")
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a usjepa checkpoint"):
+        load_encoder_checkpoint(tmp_path / "other.pt")

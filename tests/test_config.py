@@ -13,8 +13,9 @@ def test_yaml_base_and_overrides_merge():
     assert cfg.objective.name == "salt"
 
 
-@pytest.mark.parametrize("override,hint", [("optim.lrr=1", "optim.lr"), ("train.stepz=3", "train.steps"),
-                                           ("modle.arch=vit_base", "model")])
+@pytest.mark.parametrize(
+    "override,hint", [("optim.lrr=1", "optim.lr"), ("train.stepz=3", "train.steps"), ("modle.arch=vit_base", "model")]
+)
 def test_unknown_override_names_closest_key(override, hint):
     with pytest.raises(ConfigError, match=f"did you mean '{hint}"):
         load_config(TINY, [override])
@@ -55,5 +56,12 @@ def test_run_folder_records_config_git_and_versions(tmp_path):
 
 def test_reference_lists_every_section():
     keys = [k for k, _, _ in schema_fields()]
-    for k in ("model.arch", "mask.region.tau", "objective.loss", "teacher.family", "data.batch_size", "launch.partition"):
+    for k in (
+        "model.arch",
+        "mask.region.tau",
+        "objective.loss",
+        "teacher.family",
+        "data.batch_size",
+        "launch.partition",
+    ):
         assert k in keys

@@ -20,7 +20,7 @@ def test_usjepa_preset_matches_published_sizes_on_14x14():
     blk = np.mean([len(t) for d in draws for t in d[0][1]])
     assert 95 < ctx < 135  # ~110 in the I-JEPA collator (method.md 2.4)
     assert 14 < blk < 24  # ~18.5
-    for (c, targets), in draws:
+    for ((c, targets),) in draws:
         assert len(c) >= 10
         assert not set(c.tolist()) & set(np.concatenate(targets).tolist())
 
@@ -54,7 +54,7 @@ def test_deterministic_per_seed_and_different_across_seeds():
 
 
 def test_random_masker_ratio():
-    (c, (t,)), = RandomMasker(grid=(8, 8), ratio=0.75)(np.random.default_rng(0))
+    ((c, (t,)),) = RandomMasker(grid=(8, 8), ratio=0.75)(np.random.default_rng(0))
     assert len(c) == 16 and len(t) == 48 and not set(c) & set(t)
 
 
@@ -62,7 +62,7 @@ def test_region_conditioning_keeps_blocks_inside_the_region():
     valid = np.zeros((14, 14), dtype=bool)
     valid[3:12, 2:13] = True  # a "fan"
     m = MultiBlockMasker(grid=(14, 14), tau=4)
-    for (c, targets), in _stats(m, 200, valid=valid):
+    for ((c, targets),) in _stats(m, 200, valid=valid):
         allowed = set(np.flatnonzero(valid).tolist())
         assert set(c.tolist()) <= allowed
         for t in targets:
@@ -85,12 +85,17 @@ def test_collator_pads_and_is_seeded_by_items():
     m = MultiBlockMasker(grid=(8, 8))
 
     def base(items):
-        return {"image": torch.stack([i["image"] for i in items]), "item_seed": torch.stack([i["item_seed"] for i in items]),
-                "region": torch.stack([i["region"] for i in items])}
+        return {
+            "image": torch.stack([i["image"] for i in items]),
+            "item_seed": torch.stack([i["item_seed"] for i in items]),
+            "region": torch.stack([i["region"] for i in items]),
+        }
 
     col = MaskCollator(m, 8, base)
-    items = [{"image": torch.zeros(1, 64, 64), "region": torch.ones(64, 64, dtype=torch.bool),
-              "item_seed": torch.tensor(s)} for s in (1, 2, 3)]
+    items = [
+        {"image": torch.zeros(1, 64, 64), "region": torch.ones(64, 64, dtype=torch.bool), "item_seed": torch.tensor(s)}
+        for s in (1, 2, 3)
+    ]
     b1, b2 = col(items), col(items[::-1])
     mb = b1["masks"][0]
     assert mb.context.shape[0] == 3 and mb.targets.shape[:2] == (3, 4)

@@ -35,10 +35,14 @@ def test_student_loads_into_timm_strict_and_gives_same_tokens():
 
 def test_export_file_loads_with_timm_checkpoint_path(tmp_path):
     m = _vit()
-    p = export_encoder(m, tmp_path / "enc.safetensors", {"arch": "vit_tiny", "depth": 2, "img_size": [64, 96],
-                                                         "patch_size": 16, "in_chans": 1, "cls_token": True})
-    t = timm.create_model("vit_tiny_patch16_224", img_size=(64, 96), in_chans=1, depth=2, num_classes=0,
-                          checkpoint_path=str(p)).eval()
+    p = export_encoder(
+        m,
+        tmp_path / "enc.safetensors",
+        {"arch": "vit_tiny", "depth": 2, "img_size": [64, 96], "patch_size": 16, "in_chans": 1, "cls_token": True},
+    )
+    t = timm.create_model(
+        "vit_tiny_patch16_224", img_size=(64, 96), in_chans=1, depth=2, num_classes=0, checkpoint_path=str(p)
+    ).eval()
     x = torch.rand(1, 1, 64, 96)
     torch.testing.assert_close(m(x), t.forward_features(m.prepare(x))[:, 1:], atol=1e-5, rtol=1e-5)
     back = load_encoder_checkpoint(p)
@@ -47,8 +51,9 @@ def test_export_file_loads_with_timm_checkpoint_path(tmp_path):
 
 def test_no_cls_model_exports_to_timm_avg_pool():
     m = _vit(cls_token=False)
-    t = timm.create_model("vit_tiny_patch16_224", **{k: v for k, v in m.timm_kwargs().items()
-                                                    if k not in ("embed_dim", "num_heads")}).eval()
+    t = timm.create_model(
+        "vit_tiny_patch16_224", **{k: v for k, v in m.timm_kwargs().items() if k not in ("embed_dim", "num_heads")}
+    ).eval()
     t.load_state_dict(m.state_dict(), strict=True)
     x = torch.rand(2, 1, 64, 96)
     torch.testing.assert_close(m(x), t.forward_features(m.prepare(x)), atol=1e-5, rtol=1e-5)

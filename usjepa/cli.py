@@ -39,8 +39,11 @@ def _pretrain(args) -> int:
 def _config(args) -> int:
     from omegaconf import OmegaConf
 
-    from usjepa.config import load_config, schema_fields
+    from usjepa.config import load_config, reference_markdown, schema_fields
 
+    if args.reference and args.markdown:
+        print(reference_markdown(), end="")
+        return 0
     if args.reference:
         for key, typ, default in schema_fields():
             print(f"{key:40s} {typ:8s} {default!r}")
@@ -56,8 +59,15 @@ def _export(args) -> int:
     from usjepa.models import export_encoder, load_encoder_checkpoint
 
     enc = load_encoder_checkpoint(args.checkpoint, which=args.which)
-    mc = dict(img_size=list(enc.img_size), patch_size=enc.patch_size, in_chans=enc.in_chans,
-              cls_token=bool(enc.num_prefix_tokens), embed_dim=enc.embed_dim, depth=enc.depth, num_heads=enc.num_heads)
+    mc = dict(
+        img_size=list(enc.img_size),
+        patch_size=enc.patch_size,
+        in_chans=enc.in_chans,
+        cls_token=bool(enc.num_prefix_tokens),
+        embed_dim=enc.embed_dim,
+        depth=enc.depth,
+        num_heads=enc.num_heads,
+    )
     path = export_encoder(enc, args.out, mc)
     kw = ", ".join(f"{k}={v!r}" for k, v in enc.timm_kwargs().items())
     print(f"wrote {path}\nload it with: timm.create_model('vit_base_patch16_224', {kw}, checkpoint_path='{path}')")
@@ -73,14 +83,20 @@ def _optional(module: str, attr: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="usjepa", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Ultrasound foundation models with a frozen teacher (SALT / US-JEPA).", epilog=VERBS_HELP)
+        prog="usjepa",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Ultrasound foundation models with a frozen teacher (SALT / US-JEPA).",
+        epilog=VERBS_HELP,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
 
-    p = sub.add_parser("pretrain", help="train from a config (objective.name=salt|mae|ema_jepa)",
-                       description="Train a model from a YAML config plus dotted overrides. Resumes automatically "
-                                   "from <train.out_dir>/latest.pt.")
+    p = sub.add_parser(
+        "pretrain",
+        help="train from a config (objective.name=salt|mae|ema_jepa)",
+        description="Train a model from a YAML config plus dotted overrides. Resumes automatically "
+        "from <train.out_dir>/latest.pt.",
+    )
     _add_config_args(p)
     p.set_defaults(func=_pretrain)
 
@@ -88,20 +104,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", default=None)
     p.add_argument("overrides", nargs="*")
     p.add_argument("--reference", action="store_true", help="list every config key with its type and default")
+    p.add_argument("--markdown", action="store_true", help="with --reference: a markdown table (as in the README)")
     p.set_defaults(func=_config)
 
     p = sub.add_parser("export", help="export a checkpoint's encoder (timm key names, safetensors)")
     p.add_argument("checkpoint", help="latest.pt / best.pt / step_N.pt of a usjepa run")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--which", default="model", choices=("model", "target_encoder"),
-                   help="network inside the checkpoint (target_encoder: the EMA encoder of ema_jepa)")
+    p.add_argument(
+        "--which",
+        default="model",
+        choices=("model", "target_encoder"),
+        help="network inside the checkpoint (target_encoder: the EMA encoder of ema_jepa)",
+    )
     p.set_defaults(func=_export)
 
     lazy = [
-        ("simulate", "usjepa.data.simulate", "add_arguments", "run_from_args",
-         "write a simulated, labelled B-mode dataset"),
-        ("probe", "usjepa.eval.benchmark", "add_arguments", "run_from_args",
-         "probe encoders on labelled datasets -> results table"),
+        (
+            "simulate",
+            "usjepa.data.simulate",
+            "add_arguments",
+            "run_from_args",
+            "write a simulated, labelled B-mode dataset",
+        ),
+        (
+            "probe",
+            "usjepa.eval.benchmark",
+            "add_arguments",
+            "run_from_args",
+            "probe encoders on labelled datasets -> results table",
+        ),
         ("submit", "launch.cli", "add_submit_arguments", "run_submit", "submit a config to SLURM (or run locally)"),
         ("sweep", "launch.cli", "add_sweep_arguments", "run_sweep", "submit a grid of overrides as one job array"),
         ("status", "launch.cli", "add_status_arguments", "run_status", "table of the jobs in a run or sweep folder"),
@@ -117,9 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("teacher", help="teacher tools (cache)", description="Tools for frozen teachers.")
     tsub = t.add_subparsers(dest="teacher_verb", metavar="ACTION")
-    p = tsub.add_parser("cache", help="precompute a teacher's targets for a dataset's fixed views",
-                        description="Precompute the frozen teacher's normalised target tokens for the fixed views of "
-                                    "the config's dataset into fp16 shards; train from them with teacher.cache=DIR.")
+    p = tsub.add_parser(
+        "cache",
+        help="precompute a teacher's targets for a dataset's fixed views",
+        description="Precompute the frozen teacher's normalised target tokens for the fixed views of "
+        "the config's dataset into fp16 shards; train from them with teacher.cache=DIR.",
+    )
     try:
         _optional("teachers.cache", "add_arguments")(p)
         p.set_defaults(func=_optional("teachers.cache", "run_from_args"))
@@ -137,8 +171,11 @@ def _unavailable(verb: str, err: Exception) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -180,7 +180,11 @@ def _unknown_key_message(schema: DictConfig, bad_key: str, where: str) -> str:
     close = difflib.get_close_matches(bad_key, valid, n=1, cutoff=0.5)
     if not close:  # try the leaf name alone
         leaf = bad_key.split(".")[-1]
-        close = [k for k in valid if k.split(".")[-1] in difflib.get_close_matches(leaf, [v.split(".")[-1] for v in valid], n=1)]
+        close = [
+            k
+            for k in valid
+            if k.split(".")[-1] in difflib.get_close_matches(leaf, [v.split(".")[-1] for v in valid], n=1)
+        ]
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return f"unknown config key '{bad_key}' in {where}{hint}"
 
@@ -208,7 +212,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """Read a YAML config; a top-level `base: other.yaml` (relative to this file) is merged underneath."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found; pass a YAML file such as configs/pretrain/salt_vit_tiny_sim.yaml")
+        raise ConfigError(
+            f"config file '{path}' not found; pass a YAML file such as configs/pretrain/salt_vit_tiny_sim.yaml"
+        )
     if path.resolve() in seen:
         raise ConfigError(f"config '{path}' includes itself through `base:`")
     try:
@@ -343,11 +349,13 @@ def validate(cfg: DictConfig) -> None:
 def git_info(repo_dir: str | Path | None = None) -> dict:
     """Commit and dirty diff of the source tree that runs (empty when not a git checkout)."""
     repo_dir = Path(repo_dir or Path(__file__).resolve().parent.parent)
+
     def run(*args: str) -> str:
         try:
             return subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True, timeout=20).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
+
     commit = run("rev-parse", "HEAD").strip()
     return {"commit": commit, "dirty_diff": run("diff", "HEAD") if commit else ""}
 
@@ -392,13 +400,53 @@ def from_dict(d: dict, schema: type = PretrainConfig) -> DictConfig:
     return OmegaConf.merge(base, OmegaConf.create(d))
 
 
+def reference_markdown(schema: type = PretrainConfig) -> str:
+    """The configuration reference table (README), generated from the schemas so it cannot drift."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    comments = _field_comments()
+    for key, typ, default in schema_fields(schema):
+        rows.append(f"| `{key}` | {typ} | `{default!r}` | {comments.get(key, '')} |")
+    return "\n".join(rows) + "\n"
+
+
+def _field_comments() -> dict[str, str]:
+    """Trailing `# comments` of dataclass fields, keyed by dotted config key."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+
+    def walk(schema: type, prefix: str) -> None:
+        try:
+            src = inspect.getsource(schema)
+        except (OSError, TypeError):
+            src = ""
+        notes = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", src, flags=re.M))
+        for f in dataclasses.fields(schema):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                walk(type(default), f"{prefix}{f.name}.")
+            elif f.name in notes:
+                out[f"{prefix}{f.name}"] = notes[f.name].replace("|", "/")
+
+    walk(schema_root(), "")
+    return out
+
+
+def schema_root() -> type:
+    return PretrainConfig
+
+
 def schema_fields(schema: type = PretrainConfig, prefix: str = "") -> list[tuple[str, str, Any]]:
     """(dotted key, type, default) rows for the configuration reference in the README."""
     rows = []
     for f in dataclasses.fields(schema):
         key = f"{prefix}{f.name}"
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         if dataclasses.is_dataclass(default):
             rows.extend(schema_fields(type(default), key + "."))
         else:

@@ -61,8 +61,14 @@ class MaskCollator:
     (run seed, epoch, position): a resumed run and a DDP rank see exactly the masks a single process would.
     """
 
-    def __init__(self, masker: Callable, patch_size: int, base_collate: Callable,
-                 use_region: bool = False, min_fraction: float = 0.0):
+    def __init__(
+        self,
+        masker: Callable,
+        patch_size: int,
+        base_collate: Callable,
+        use_region: bool = False,
+        min_fraction: float = 0.0,
+    ):
         self.masker = masker
         self.patch_size = patch_size
         self.base_collate = base_collate

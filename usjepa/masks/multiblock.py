@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 MaskPair = tuple[np.ndarray, list[np.ndarray]]
 
 
-def _block(rng: np.random.Generator, grid: tuple[int, int], scale: tuple[float, float],
-           aspect: tuple[float, float]) -> np.ndarray:
+def _block(
+    rng: np.random.Generator, grid: tuple[int, int], scale: tuple[float, float], aspect: tuple[float, float]
+) -> np.ndarray:
     """A rectangular block as a bool [H, W] map; scale and aspect are drawn independently."""
     H, W = grid
     s = rng.uniform(*scale)
@@ -32,7 +33,7 @@ def _block(rng: np.random.Generator, grid: tuple[int, int], scale: tuple[float, 
     top = int(rng.integers(0, H - h + 1))
     left = int(rng.integers(0, W - w + 1))
     m = np.zeros(grid, dtype=bool)
-    m[top:top + h, left:left + w] = True
+    m[top : top + h, left : left + w] = True
     return m
 
 
@@ -107,7 +108,9 @@ class ComplementMasker:
         pairs = []
         for n_blocks, scale in self.generators:
             for _ in range(self.max_tries):
-                tgt = np.logical_or.reduce([_block(rng, self.grid, (scale, scale), self.aspect) for _ in range(n_blocks)])
+                tgt = np.logical_or.reduce(
+                    [_block(rng, self.grid, (scale, scale), self.aspect) for _ in range(n_blocks)]
+                )
                 tgt &= valid
                 ctx = valid & ~tgt
                 if tgt.sum() >= tau and ctx.sum() >= tau:

@@ -40,21 +40,33 @@ def safe_load(path: str | Path) -> Any:
         raise CheckpointError(f"checkpoint '{path}' is unreadable or truncated: {e}") from None
 
 
-def strict_load(module: nn.Module, state: dict, source: str, allow_missing: tuple[str, ...] = (),
-                allow_unexpected: tuple[str, ...] = ()) -> None:
+def strict_load(
+    module: nn.Module,
+    state: dict,
+    source: str,
+    allow_missing: tuple[str, ...] = (),
+    allow_unexpected: tuple[str, ...] = (),
+) -> None:
     """load_state_dict that names every missing, unexpected or mis-shaped key; nothing is silently re-initialised."""
     own = module.state_dict()
     missing = [k for k in own if k not in state and not k.startswith(allow_missing or ("\0",))]
     unexpected = [k for k in state if k not in own and not k.startswith(allow_unexpected or ("\0",))]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}")
+            parts.append(
+                f"missing keys ({len(missing)}): {', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}"
+            )
         if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:12])}"
-                         f"{' ...' if len(unexpected) > 12 else ''}")
+            parts.append(
+                f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:12])}"
+                f"{' ...' if len(unexpected) > 12 else ''}"
+            )
         if shapes:
             parts.append("shape mismatches: " + "; ".join(shapes[:8]))
         raise CheckpointError(f"{source} does not match the model: " + " | ".join(parts))
@@ -67,9 +79,13 @@ def export_encoder(encoder: VisionTransformer, path: str | Path, model_cfg: dict
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "usjepa-encoder", "timm_kwargs": json.dumps({k: list(v) if isinstance(v, tuple) else v
-                                                                     for k, v in encoder.timm_kwargs().items()}),
-            "model_config": json.dumps(model_cfg or {})}
+    meta = {
+        "format": "usjepa-encoder",
+        "timm_kwargs": json.dumps(
+            {k: list(v) if isinstance(v, tuple) else v for k, v in encoder.timm_kwargs().items()}
+        ),
+        "model_config": json.dumps(model_cfg or {}),
+    }
     tensors = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file(tensors, str(tmp), metadata=meta)
@@ -78,13 +94,24 @@ def export_encoder(encoder: VisionTransformer, path: str | Path, model_cfg: dict
 
 
 def _encoder_from_model_config(mc: dict) -> VisionTransformer:
-    return build_vit(arch=mc.get("arch", "vit_tiny"), embed_dim=mc.get("embed_dim", 0), depth=mc.get("depth", 0),
-                     num_heads=mc.get("num_heads", 0), img_size=tuple(mc["img_size"]), patch_size=mc["patch_size"],
-                     in_chans=mc["in_chans"], cls_token=mc["cls_token"], attn_backend=mc.get("attn_backend", "auto"),
-                     norm_mean=tuple(mc.get("norm_mean", (0.5,))), norm_std=tuple(mc.get("norm_std", (0.25,))))
+    return build_vit(
+        arch=mc.get("arch", "vit_tiny"),
+        embed_dim=mc.get("embed_dim", 0),
+        depth=mc.get("depth", 0),
+        num_heads=mc.get("num_heads", 0),
+        img_size=tuple(mc["img_size"]),
+        patch_size=mc["patch_size"],
+        in_chans=mc["in_chans"],
+        cls_token=mc["cls_token"],
+        attn_backend=mc.get("attn_backend", "auto"),
+        norm_mean=tuple(mc.get("norm_mean", (0.5,))),
+        norm_std=tuple(mc.get("norm_std", (0.25,))),
+    )
 
 
-def load_encoder_checkpoint(path: str | Path, which: str = "model", attn_backend: str | None = None) -> VisionTransformer:
+def load_encoder_checkpoint(
+    path: str | Path, which: str = "model", attn_backend: str | None = None
+) -> VisionTransformer:
     """A usjepa encoder from a training checkpoint (latest.pt, best.pt, step_N.pt) or an exported file.
 
     `which` picks the network inside a training checkpoint: "model" (student / MAE encoder) or
@@ -97,16 +124,20 @@ def load_encoder_checkpoint(path: str | Path, which: str = "model", attn_backend
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != "usjepa-encoder":
-            raise CheckpointError(f"'{path}' is not a usjepa encoder export (no usjepa metadata); load it through "
-                                  "the teacher zoo instead: teachers.load('timm', ...)")
+            raise CheckpointError(
+                f"'{path}' is not a usjepa encoder export (no usjepa metadata); load it through "
+                "the teacher zoo instead: teachers.load('timm', ...)"
+            )
         mc = json.loads(meta["model_config"])
         state = safe_load(path)
     else:
         ckpt = safe_load(path)
         if not isinstance(ckpt, dict) or "config" not in ckpt or which not in ckpt:
             keys = list(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
-            raise CheckpointError(f"'{path}' is not a usjepa checkpoint with a '{which}' entry and a config "
-                                  f"(top-level keys: {keys}); for other formats use teachers.load(family, path)")
+            raise CheckpointError(
+                f"'{path}' is not a usjepa checkpoint with a '{which}' entry and a config "
+                f"(top-level keys: {keys}); for other formats use teachers.load(family, path)"
+            )
         mc = ckpt["config"]["model"]
         state = ckpt[which]
     if attn_backend:

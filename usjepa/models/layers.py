@@ -54,8 +54,15 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block; `valid` [B, N] marks real (non-padding) tokens."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 backend: str = "auto", eps: float = 1e-6):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        backend: str = "auto",
+        eps: float = 1e-6,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, backend=backend)

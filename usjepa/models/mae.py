@@ -9,8 +9,16 @@ from usjepa.models.layers import Block, init_weights, sincos_2d
 
 
 class MAEDecoder(nn.Module):
-    def __init__(self, in_dim: int, patch_size: int, out_chans: int, embed_dim: int = 512, depth: int = 8,
-                 num_heads: int = 16, attn_backend: str = "auto"):
+    def __init__(
+        self,
+        in_dim: int,
+        patch_size: int,
+        out_chans: int,
+        embed_dim: int = 512,
+        depth: int = 8,
+        num_heads: int = 16,
+        attn_backend: str = "auto",
+    ):
         super().__init__()
         self.embed_dim = embed_dim
         self.decoder_embed = nn.Linear(in_dim, embed_dim)

@@ -15,8 +15,18 @@ class Predictor(nn.Module):
     (I-JEPA, US-JEPA: blocks never see each other); False predicts all blocks in one sequence (V-JEPA, SALT).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, embed_dim: int = 384, depth: int = 12, num_heads: int = 16,
-                 mlp_ratio: float = 4.0, num_mask_tokens: int = 1, per_block: bool = True, attn_backend: str = "auto"):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_mask_tokens: int = 1,
+        per_block: bool = True,
+        attn_backend: str = "auto",
+    ):
         super().__init__()
         self.embed_dim = embed_dim
         self.out_dim = out_dim
@@ -36,8 +46,16 @@ class Predictor(nn.Module):
             self._pos_cache[grid] = sincos_2d(self.embed_dim, grid).unsqueeze(0)  # [1, N, Dp]
         return self._pos_cache[grid].to(device=like.device, dtype=like.dtype)
 
-    def forward(self, context: Tensor, context_idx: Tensor, targets_idx: Tensor, grid: tuple[int, int],
-                context_valid: Tensor | None = None, targets_valid: Tensor | None = None, mask_index: int = 0) -> Tensor:
+    def forward(
+        self,
+        context: Tensor,
+        context_idx: Tensor,
+        targets_idx: Tensor,
+        grid: tuple[int, int],
+        context_valid: Tensor | None = None,
+        targets_valid: Tensor | None = None,
+        mask_index: int = 0,
+    ) -> Tensor:
         """context [B, Kc, D], context_idx [B, Kc], targets_idx [B, T, Kt] -> predictions [B, T, Kt, out_dim].
 
         Padding is marked by `context_valid` [B, Kc] and `targets_valid` [B, T, Kt] (True = real token).
@@ -51,17 +69,21 @@ class Predictor(nn.Module):
             context_valid = torch.ones(B, Kc, dtype=torch.bool, device=x.device)
         if targets_valid is None:
             targets_valid = torch.ones(B, T, Kt, dtype=torch.bool, device=x.device)
-        m = self.mask_tokens[mask_index].to(x.dtype) + gather_tokens(pos, targets_idx.reshape(B, T * Kt))  # [B, T*Kt, Dp]
+        m = self.mask_tokens[mask_index].to(x.dtype) + gather_tokens(
+            pos, targets_idx.reshape(B, T * Kt)
+        )  # [B, T*Kt, Dp]
         if self.per_block:
             ctx = x.unsqueeze(1).expand(B, T, Kc, -1).reshape(B * T, Kc, -1)
             seq = torch.cat([ctx, m.reshape(B * T, Kt, -1)], dim=1)  # [B*T, Kc+Kt, Dp]
-            valid = torch.cat([context_valid.unsqueeze(1).expand(B, T, Kc).reshape(B * T, Kc),
-                               targets_valid.reshape(B * T, Kt)], dim=1)
+            valid = torch.cat(
+                [context_valid.unsqueeze(1).expand(B, T, Kc).reshape(B * T, Kc), targets_valid.reshape(B * T, Kt)],
+                dim=1,
+            )
         else:
             seq = torch.cat([x, m], dim=1)  # [B, Kc + T*Kt, Dp]
             valid = torch.cat([context_valid, targets_valid.reshape(B, T * Kt)], dim=1)
         attn_valid = None if bool(valid.all()) else valid
         for blk in self.blocks:
             seq = blk(seq, attn_valid)
-        out = self.predictor_proj(self.predictor_norm(seq[:, -Kt if self.per_block else -T * Kt:]))
+        out = self.predictor_proj(self.predictor_norm(seq[:, -Kt if self.per_block else -T * Kt :]))
         return out.reshape(B, T, Kt, self.out_dim)

@@ -105,7 +105,7 @@ class VisionTransformer(nn.Module):
     def patch_pos_embed(self, grid: tuple[int, int]) -> Tensor:
         """[1, N, D] patch position embeddings for any grid (sin-cos is exact at every size)."""
         if grid == self.grid(self.img_size):
-            return self.pos_embed[:, self.num_prefix_tokens:]
+            return self.pos_embed[:, self.num_prefix_tokens :]
         if grid not in self._pos_cache:
             self._pos_cache[grid] = sincos_2d(self.embed_dim, grid).unsqueeze(0)
         return self._pos_cache[grid].to(self.pos_embed)
@@ -135,8 +135,9 @@ class VisionTransformer(nn.Module):
             return torch.cat([ones, keep_valid], dim=1)
         return keep_valid
 
-    def forward_features(self, images: Tensor, keep: Tensor | None = None,
-                         keep_valid: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
+    def forward_features(
+        self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None
+    ) -> tuple[Tensor | None, Tensor]:
         """(cls [B, D] or None, patch tokens [B, N or K, D]) after the final norm."""
         x, _ = self._embed(images, keep)
         valid = self._prefix_valid(keep_valid)
@@ -144,12 +145,14 @@ class VisionTransformer(nn.Module):
             x = blk(x, valid)
         x = self.norm(x)
         cls = x[:, 0] if self.num_prefix_tokens else None
-        return cls, x[:, self.num_prefix_tokens:]
+        return cls, x[:, self.num_prefix_tokens :]
 
     def forward(self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None) -> Tensor:
         return self.forward_features(images, keep, keep_valid)[1]
 
-    def get_intermediate_layers(self, images: Tensor, n: int = 1, norm: bool = True) -> list[tuple[Tensor, Tensor | None]]:
+    def get_intermediate_layers(
+        self, images: Tensor, n: int = 1, norm: bool = True
+    ) -> list[tuple[Tensor, Tensor | None]]:
         """(patch tokens [B, N, D], cls [B, D] or None) for each of the last n blocks, oldest first."""
         if not 1 <= n <= self.depth:
             raise ValueError(f"n must be in [1, {self.depth}], got {n}")
@@ -159,20 +162,29 @@ class VisionTransformer(nn.Module):
             x = blk(x)
             if i >= self.depth - n:
                 y = self.norm(x) if norm else x
-                outs.append((y[:, self.num_prefix_tokens:], y[:, 0] if self.num_prefix_tokens else None))
+                outs.append((y[:, self.num_prefix_tokens :], y[:, 0] if self.num_prefix_tokens else None))
         return outs
 
     # ------------------------------------------------------------------ export
     def timm_kwargs(self) -> dict:
         """Arguments for `timm.create_model('vit_*', **kwargs)` that rebuild this architecture."""
-        kw = dict(img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
-                  embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads, num_classes=0)
+        kw = dict(
+            img_size=self.img_size,
+            patch_size=self.patch_size,
+            in_chans=self.in_chans,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            num_classes=0,
+        )
         if not self.num_prefix_tokens:
             kw.update(class_token=False, global_pool="avg", fc_norm=False)
         return kw
 
 
-def build_vit(arch: str = "vit_tiny", embed_dim: int = 0, depth: int = 0, num_heads: int = 0, **kwargs) -> VisionTransformer:
+def build_vit(
+    arch: str = "vit_tiny", embed_dim: int = 0, depth: int = 0, num_heads: int = 0, **kwargs
+) -> VisionTransformer:
     if arch not in VIT_PRESETS:
         raise ValueError(f"unknown architecture '{arch}'; choose one of {', '.join(VIT_PRESETS)}")
     p = dict(VIT_PRESETS[arch])

@@ -20,8 +20,16 @@ from usjepa.objectives.base import (
 class EMAJEPA(Objective):
     name = "ema_jepa"
 
-    def __init__(self, student: nn.Module, predictor: nn.Module, total_steps: int, momentum: tuple[float, float],
-                 loss: str = "smooth_l1", target_norm: str = "layernorm", smooth_l1_beta: float = 1.0):
+    def __init__(
+        self,
+        student: nn.Module,
+        predictor: nn.Module,
+        total_steps: int,
+        momentum: tuple[float, float],
+        loss: str = "smooth_l1",
+        target_norm: str = "layernorm",
+        smooth_l1_beta: float = 1.0,
+    ):
         super().__init__()
         self.student = student
         self.predictor = predictor

@@ -1,4 +1,4 @@
-"""Pixel MAE (stage 1): reconstruct (per-patch normalised) pixels of the masked patches; the encoder becomes a teacher."""
+"""Pixel MAE (stage 1): reconstruct normalised pixels of the masked patches; the encoder becomes a teacher."""
 
 from __future__ import annotations
 
@@ -36,7 +36,11 @@ class MAE(Objective):
         per_patch = (pred - target).pow(2).mean(-1)  # [B, N]
         masked = torch.zeros_like(per_patch)
         B, T, Kt = m.targets.shape
-        tv = torch.ones(B, T * Kt, device=masked.device) if m.targets_valid is None else m.targets_valid.reshape(B, -1).float()
+        tv = (
+            torch.ones(B, T * Kt, device=masked.device)
+            if m.targets_valid is None
+            else m.targets_valid.reshape(B, -1).float()
+        )
         masked.scatter_add_(1, m.targets.reshape(B, -1), tv)  # 1 at masked patches
         masked = masked.clamp_max(1.0)
         loss = ((per_patch * masked).sum(1) / masked.sum(1).clamp_min(1.0)).mean()

@@ -18,8 +18,16 @@ from usjepa.objectives.base import (
 class SALT(Objective):
     name = "salt"
 
-    def __init__(self, student: nn.Module, predictor: nn.Module, teacher: nn.Module | None, loss: str = "l1",
-                 target_norm: str = "layernorm", smooth_l1_beta: float = 1.0, cache=None):
+    def __init__(
+        self,
+        student: nn.Module,
+        predictor: nn.Module,
+        teacher: nn.Module | None,
+        loss: str = "l1",
+        target_norm: str = "layernorm",
+        smooth_l1_beta: float = 1.0,
+        cache=None,
+    ):
         super().__init__()
         if teacher is None and cache is None:
             raise ValueError("SALT needs a frozen teacher or a target cache")

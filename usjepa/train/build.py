@@ -30,8 +30,16 @@ def build_objective(cfg: DictConfig, total_steps: int, masker=None) -> Objective
 
     def predictor(out_dim: int) -> Predictor:
         p = cfg.predictor
-        return Predictor(in_dim=student.embed_dim, out_dim=out_dim, embed_dim=p.embed_dim, depth=p.depth,
-                         num_heads=p.num_heads, num_mask_tokens=n_pairs, per_block=p.per_block, attn_backend=backend)
+        return Predictor(
+            in_dim=student.embed_dim,
+            out_dim=out_dim,
+            embed_dim=p.embed_dim,
+            depth=p.depth,
+            num_heads=p.num_heads,
+            num_mask_tokens=n_pairs,
+            per_block=p.per_block,
+            attn_backend=backend,
+        )
 
     if oc.name == "salt":
         cache = teacher = None
@@ -43,16 +51,36 @@ def build_objective(cfg: DictConfig, total_steps: int, masker=None) -> Objective
         else:
             teacher = build_teacher(cfg)
             out_dim = teacher.embed_dim
-        return SALT(student, predictor(out_dim), teacher, loss=oc.loss, target_norm=oc.target_norm,
-                    smooth_l1_beta=oc.smooth_l1_beta, cache=cache)
+        return SALT(
+            student,
+            predictor(out_dim),
+            teacher,
+            loss=oc.loss,
+            target_norm=oc.target_norm,
+            smooth_l1_beta=oc.smooth_l1_beta,
+            cache=cache,
+        )
     if oc.name == "ema_jepa":
-        return EMAJEPA(student, predictor(student.embed_dim), total_steps=total_steps,
-                       momentum=(oc.ema.momentum_start, oc.ema.momentum_end), loss=oc.loss,
-                       target_norm=oc.target_norm, smooth_l1_beta=oc.smooth_l1_beta)
+        return EMAJEPA(
+            student,
+            predictor(student.embed_dim),
+            total_steps=total_steps,
+            momentum=(oc.ema.momentum_start, oc.ema.momentum_end),
+            loss=oc.loss,
+            target_norm=oc.target_norm,
+            smooth_l1_beta=oc.smooth_l1_beta,
+        )
     if oc.name == "mae":
         m = oc.mae
-        dec = MAEDecoder(student.embed_dim, student.patch_size, student.in_chans, embed_dim=m.decoder_dim,
-                         depth=m.decoder_depth, num_heads=m.decoder_heads, attn_backend=backend)
+        dec = MAEDecoder(
+            student.embed_dim,
+            student.patch_size,
+            student.in_chans,
+            embed_dim=m.decoder_dim,
+            depth=m.decoder_depth,
+            num_heads=m.decoder_heads,
+            attn_backend=backend,
+        )
         return MAE(student, dec, norm_pix_loss=m.norm_pix_loss)
     raise ValueError(f"unknown objective '{oc.name}'")
 

@@ -34,8 +34,13 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -59,8 +64,10 @@ def load_training_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"'{path}' is not a usjepa training checkpoint (found {type(ckpt).__name__})")
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
-        raise CheckpointError(f"'{path}' is not a complete usjepa training checkpoint: missing {', '.join(missing)}. "
-                              "Move it away to start fresh, or point train.out_dir at another folder.")
+        raise CheckpointError(
+            f"'{path}' is not a complete usjepa training checkpoint: missing {', '.join(missing)}. "
+            "Move it away to start fresh, or point train.out_dir at another folder."
+        )
     if ckpt["version"] != FORMAT_VERSION:
         raise CheckpointError(f"'{path}' has checkpoint format {ckpt['version']}; this usjepa reads {FORMAT_VERSION}")
     return ckpt

@@ -6,7 +6,6 @@ objective.after_step (EMA) -> metrics row / validation / checkpoint / stop check
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
@@ -41,14 +40,41 @@ from usjepa.train.diagnostics import effective_rank, feature_std
 from usjepa.train.distributed import DistEnv, init_distributed, resolve_env
 from usjepa.train.sampler import ResumableBatchSampler, SeededItems, item_seed
 from usjepa.train.schedules import cosine, warmup_cosine, warmup_steps
+from usjepa.train.step import apply_update, autocast_context, train_step
 
 log = logging.getLogger(__name__)
 
-METRIC_FIELDS = ["step", "epoch", "loss", "val_loss", "probe_f1", "lr", "wd", "grad_norm", "images_per_s",
-                 "peak_mem_mb", "feat_std", "eff_rank", "bad_items", "elapsed_s"]
+METRIC_FIELDS = [
+    "step",
+    "epoch",
+    "loss",
+    "val_loss",
+    "probe_f1",
+    "lr",
+    "wd",
+    "grad_norm",
+    "images_per_s",
+    "peak_mem_mb",
+    "feat_std",
+    "eff_rank",
+    "bad_items",
+    "elapsed_s",
+]
 # config keys that must match between a run folder's checkpoint and the config that resumes it
-RESUME_KEYS = ("model", "predictor", "objective", "mask", "teacher.family", "teacher.checkpoint", "teacher.arch",
-               "teacher.layer", "teacher.mean_last_k", "teacher.norm", "data.batch_size", "train.seed")
+RESUME_KEYS = (
+    "model",
+    "predictor",
+    "objective",
+    "mask",
+    "teacher.family",
+    "teacher.checkpoint",
+    "teacher.arch",
+    "teacher.layer",
+    "teacher.mean_last_k",
+    "teacher.norm",
+    "data.batch_size",
+    "train.seed",
+)
 
 
 class TrainingError(RuntimeError):
@@ -118,8 +144,11 @@ class _Trainer:
         patients = getattr(ds, "patient_ids", None)
         train_idx, val_idx = holdout_split(len(ds), patients, frac, cfg.train.seed)
         self.dataset, self.train_idx, self.val_idx = ds, train_idx, val_idx
-        self.val_dataset = (build_dataset(cfg.data, split="train", img_size=img, augment=False, seed=cfg.data.seed)
-                            if len(val_idx) else None)
+        self.val_dataset = (
+            build_dataset(cfg.data, split="train", img_size=img, augment=False, seed=cfg.data.seed)
+            if len(val_idx)
+            else None
+        )
         self.base_collate = collate_skip_bad
 
     def _weights(self) -> np.ndarray | None:
@@ -134,13 +163,26 @@ class _Trainer:
 
     def _loader(self, start_step: int):
         cfg = self.cfg
-        sampler = ResumableBatchSampler(len(self.train_idx), cfg.data.batch_size, cfg.train.seed, self.env.rank,
-                                        self.env.world_size, cfg.optim.accum_steps, self._weights(), start_step)
+        sampler = ResumableBatchSampler(
+            len(self.train_idx),
+            cfg.data.batch_size,
+            cfg.train.seed,
+            self.env.rank,
+            self.env.world_size,
+            cfg.optim.accum_steps,
+            self._weights(),
+            start_step,
+        )
         self.steps_per_epoch = sampler.steps_per_epoch
         return torch.utils.data.DataLoader(
-            SeededItems(self.dataset, self.train_idx), batch_sampler=sampler, collate_fn=self.collator,
-            num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=False, prefetch_factor=4 if cfg.data.num_workers else None)
+            SeededItems(self.dataset, self.train_idx),
+            batch_sampler=sampler,
+            collate_fn=self.collator,
+            num_workers=cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if cfg.data.num_workers else None,
+        )
 
     def _to_device(self, batch: dict) -> dict:
         out = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -151,12 +193,20 @@ class _Trainer:
     def _state(self, step: int) -> dict:
         mods = {**self.objective.trainable_modules(), **self.objective.frozen_state()}
         return {
-            "version": FORMAT_VERSION, "step": step, "objective": self.cfg.objective.name,
+            "version": FORMAT_VERSION,
+            "step": step,
+            "objective": self.cfg.objective.name,
             **{k: m.state_dict() for k, m in mods.items()},
-            "optimizer": self.optimizer.state_dict(), "scaler": {}, "rng": rng_state(),
-            "sampler": {"seed": int(self.cfg.train.seed), "epoch": step // max(self.steps_per_epoch, 1),
-                        "offset": step % max(self.steps_per_epoch, 1)},
-            "config": OmegaConf.to_container(self.cfg, resolve=True), "best_val": self.best_val,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": {},
+            "rng": rng_state(),
+            "sampler": {
+                "seed": int(self.cfg.train.seed),
+                "epoch": step // max(self.steps_per_epoch, 1),
+                "offset": step % max(self.steps_per_epoch, 1),
+            },
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "best_val": self.best_val,
         }
 
     def _save(self, step: int, periodic: bool) -> None:
@@ -174,15 +224,22 @@ class _Trainer:
         if not path.exists():
             return 0
         if not self.cfg.train.resume:
-            raise ConfigError(f"'{path}' exists and train.resume=false: point train.out_dir at a new folder "
-                              "(a run folder is never overwritten)")
+            raise ConfigError(
+                f"'{path}' exists and train.resume=false: point train.out_dir at a new folder "
+                "(a run folder is never overwritten)"
+            )
         ckpt = load_training_checkpoint(path)
         saved = OmegaConf.create(ckpt["config"])
-        diffs = [k for k in RESUME_KEYS
-                 if OmegaConf.select(saved, k, default=None) != OmegaConf.select(self.cfg, k, default=None)]
+        diffs = [
+            k
+            for k in RESUME_KEYS
+            if OmegaConf.select(saved, k, default=None) != OmegaConf.select(self.cfg, k, default=None)
+        ]
         if diffs:
-            raise CheckpointError(f"'{path}' was written by a run with different settings for {', '.join(diffs)}; "
-                                  "resume with the same config or use another train.out_dir")
+            raise CheckpointError(
+                f"'{path}' was written by a run with different settings for {', '.join(diffs)}; "
+                "resume with the same config or use another train.out_dir"
+            )
         mods = {**self.objective.trainable_modules(), **self.objective.frozen_state()}
         for k, m in mods.items():
             if k not in ckpt:
@@ -201,8 +258,15 @@ class _Trainer:
     def _status(self, state: str, step: int, error: str | None = None) -> None:
         if not self.main:
             return
-        doc = {"state": state, "step": step, "total_steps": self.total, "error": error, "updated": time.time(),
-               "last_ckpt": self.last_ckpt, "objective": self.cfg.objective.name}
+        doc = {
+            "state": state,
+            "step": step,
+            "total_steps": self.total,
+            "error": error,
+            "updated": time.time(),
+            "last_ckpt": self.last_ckpt,
+            "objective": self.cfg.objective.name,
+        }
         tmp = self.run_dir / f".status.json.tmp{os.getpid()}"
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, self.run_dir / "status.json")
@@ -255,9 +319,7 @@ class _Trainer:
         return total / max(n, 1)
 
     def _autocast(self):
-        if self.amp:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast_context(self.device, self.amp)
 
     # ------------------------------------------------------------------ run
     def run(self) -> TrainResult:
@@ -280,17 +342,28 @@ class _Trainer:
         self._data()
         per_epoch = len(self.train_idx) // cfg.data.batch_size
         if per_epoch < 1:
-            raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
-                              f"({len(self.train_idx)} items)")
+            raise ConfigError(
+                f"data.batch_size={cfg.data.batch_size} is larger than the training set ({len(self.train_idx)} items)"
+            )
         self.total = cfg.train.epochs * per_epoch if cfg.train.epochs > 0 else cfg.train.steps
         self.objective = build_objective(cfg, self.total).to(self.device)
         grid = self.objective.student.grid(cfg.model.img_size)
         masker = build_masker(cfg.mask, grid)
-        self.collator = MaskCollator(masker, cfg.model.patch_size, self.base_collate,
-                                     use_region=cfg.mask.region.enabled, min_fraction=cfg.mask.region.min_fraction)
+        self.collator = MaskCollator(
+            masker,
+            cfg.model.patch_size,
+            self.base_collate,
+            use_region=cfg.mask.region.enabled,
+            min_fraction=cfg.mask.region.min_fraction,
+        )
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(_param_groups(self.objective.trainable_modules()), lr=o.lr,
-                                           betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.objective.trainable_modules()),
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+        )
         lr_s = warmup_cosine(o.start_lr, o.lr, o.final_lr, warmup_steps(o.warmup, self.total), self.total)
         wd_s = cosine(o.weight_decay, o.final_weight_decay, self.total)
         start = self._resume()
@@ -305,49 +378,61 @@ class _Trainer:
 
         model = self.objective
         if self.env.world_size > 1:
-            model = DistributedDataParallel(self.objective, device_ids=[self.device.index] if self.device.type == "cuda"
-                                            else None, broadcast_buffers=False)
+            model = DistributedDataParallel(
+                self.objective,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
         self.objective.train()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         loader = self._loader(start)
         it = iter(loader)
         t0 = time.time()
         window_t, window_imgs = time.time(), 0
-        bar = tqdm(total=self.total, initial=start, disable=not (cfg.train.progress and self.main),
-                   desc=f"{cfg.objective.name}", dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(
+            total=self.total,
+            initial=start,
+            disable=not (cfg.train.progress and self.main),
+            desc=f"{cfg.objective.name}",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
         accum = cfg.optim.accum_steps
         for step in range(start, self.total):
             for g in self.optimizer.param_groups:
                 g["lr"] = float(lr_s[step])
                 if g.get("apply_wd"):
                     g["weight_decay"] = float(wd_s[step])
-            losses, logs, n_imgs = [], {}, 0
-            for a in range(accum):
+            micro, n_imgs = [], 0
+            for _ in range(accum):
                 batch = next(it)
                 while batch is None:  # every item of this micro-batch was bad: take the next one
                     if self.env.world_size > 1:
-                        raise TrainingError("a whole micro-batch was unreadable on one rank; check the bad-item log")
+                        raise TrainingError("a whole micro-batch was unreadable on one rank; see the bad-item log")
                     batch = next(it)
                 n_imgs += batch["image"].shape[0]
-                batch = self._to_device(batch)
-                sync = contextlib.nullcontext() if (a == accum - 1 or self.env.world_size == 1) else model.no_sync()
-                with sync:
-                    with self._autocast():
-                        loss, logs = model(batch)
-                    (loss / accum).backward()
-                losses.append(loss.detach().float())
-            loss_t = self._all_mean(torch.stack(losses).mean())
-            loss_v = float(loss_t)
+                micro.append(self._to_device(batch))
+            loss_t, logs, gnorm = train_step(
+                model,
+                self.objective,
+                self.optimizer,
+                micro,
+                params,
+                o.clip_grad,
+                self.amp,
+                self.device,
+                distributed=self.env.world_size > 1,
+            )
+            del micro
+            loss_v = float(self._all_mean(loss_t))
             if not math.isfinite(loss_v):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise TrainingError(
                     f"loss became {loss_v} at step {step + 1}; stopped, and '{self.run_dir / 'latest.pt'}' still "
                     f"holds the last good state (step {self.last_ckpt_step()}). Try a lower optim.lr, "
-                    "optim.clip_grad > 0, or train.precision=fp32, and check the data for broken images.")
-            gnorm = torch.nn.utils.clip_grad_norm_(params, o.clip_grad if o.clip_grad > 0 else float("inf"))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.objective.after_step(step + 1)
+                    "optim.clip_grad > 0, or train.precision=fp32, and check the data for broken images."
+                )
+            apply_update(self.objective, self.optimizer, step + 1)
             self.step = done = step + 1
             window_imgs += n_imgs * self.env.world_size
             bar.update(1)
@@ -355,13 +440,20 @@ class _Trainer:
             if done % cfg.train.log_every == 0 or done == self.total:
                 now = time.time()
                 feats = logs.get("features")
-                row = {"step": done, "epoch": step // self.steps_per_epoch, "loss": f"{loss_v:.6g}",
-                       "lr": f"{lr_s[step]:.6g}", "wd": f"{wd_s[step]:.6g}", "grad_norm": f"{float(gnorm):.4g}",
-                       "images_per_s": f"{window_imgs / max(now - window_t, 1e-9):.2f}",
-                       "peak_mem_mb": f"{_peak_mem_mb(self.device):.0f}",
-                       "feat_std": "" if feats is None else f"{feature_std(feats):.4g}",
-                       "eff_rank": "" if feats is None else f"{effective_rank(feats):.4g}",
-                       "bad_items": self._bad_count(), "elapsed_s": f"{now - t0:.1f}"}
+                row = {
+                    "step": done,
+                    "epoch": step // self.steps_per_epoch,
+                    "loss": f"{loss_v:.6g}",
+                    "lr": f"{lr_s[step]:.6g}",
+                    "wd": f"{wd_s[step]:.6g}",
+                    "grad_norm": f"{float(gnorm):.4g}",
+                    "images_per_s": f"{window_imgs / max(now - window_t, 1e-9):.2f}",
+                    "peak_mem_mb": f"{_peak_mem_mb(self.device):.0f}",
+                    "feat_std": "" if feats is None else f"{feature_std(feats):.4g}",
+                    "eff_rank": "" if feats is None else f"{effective_rank(feats):.4g}",
+                    "bad_items": self._bad_count(),
+                    "elapsed_s": f"{now - t0:.1f}",
+                }
                 window_t, window_imgs = now, 0
                 bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr_s[step]:.2e}")
             if cfg.train.val_every and len(self.val_idx) and (done % cfg.train.val_every == 0 or done == self.total):
@@ -426,6 +518,9 @@ class _Trainer:
 
     def _finish(self, step: int) -> None:
         if self.main:
-            export_encoder(self.objective.student, self.run_dir / "encoder.safetensors",
-                           OmegaConf.to_container(self.cfg.model, resolve=True))
+            export_encoder(
+                self.objective.student,
+                self.run_dir / "encoder.safetensors",
+                OmegaConf.to_container(self.cfg.model, resolve=True),
+            )
         self._status("completed", step)

@@ -22,14 +22,28 @@ def item_seed(seed: int, epoch: int, position: int) -> int:
 
 
 class ResumableBatchSampler:
-    def __init__(self, num_items: int, global_batch: int, seed: int, rank: int = 0, world: int = 1, accum: int = 1,
-                 weights: np.ndarray | None = None, start_step: int = 0, total_steps: int | None = None):
+    def __init__(
+        self,
+        num_items: int,
+        global_batch: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        accum: int = 1,
+        weights: np.ndarray | None = None,
+        start_step: int = 0,
+        total_steps: int | None = None,
+    ):
         if global_batch % (world * accum):
-            raise ValueError(f"data.batch_size={global_batch} must be divisible by world size ({world}) x "
-                             f"optim.accum_steps ({accum})")
+            raise ValueError(
+                f"data.batch_size={global_batch} must be divisible by world size ({world}) x "
+                f"optim.accum_steps ({accum})"
+            )
         if num_items < global_batch:
-            raise ValueError(f"the dataset has {num_items} items, fewer than one global batch ({global_batch}); "
-                             "lower data.batch_size or add data")
+            raise ValueError(
+                f"the dataset has {num_items} items, fewer than one global batch ({global_batch}); "
+                "lower data.batch_size or add data"
+            )
         self.n = num_items
         self.g = global_batch
         self.micro = global_batch // (world * accum)

@@ -1,0 +1,101 @@
+"""`usjepa status` on fabricated run and sweep folders (file formats as the trainer and launcher write them)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import launch.status as status_mod
+from launch.runfiles import record_event, write_launch_record
+from launch.status import collect_status, find_runs, format_status
+from usjepa.cli import main
+
+NOW = 1_700_000_000.0
+
+
+def _run(root: Path, name: str, state: str, step: int, total: int, rows: list[tuple[int, float, float]],
+         job_id: str | None = None, error: str | None = None, last_ckpt: float | None = None,
+         requeues: int = 0, stderr: str | None = None) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "status.json").write_text(json.dumps({"state": state, "step": step, "total_steps": total, "error": error,
+                                               "updated": NOW, "last_ckpt": last_ckpt}))
+    lines = ["step,epoch,loss,val_loss,lr,images_per_s"] + [f"{s},0,{loss},,0.001,{ips}" for s, loss, ips in rows]
+    (d / "metrics.csv").write_text("\n".join(lines) + "\n")
+    if job_id:
+        err_file = None
+        if stderr is not None:
+            err_file = d / "submitit_err.txt"
+            err_file.write_text(stderr)
+        write_launch_record(d, cluster="slurm", job_id=job_id, submission="s1", stdout="", stderr=str(err_file or ""))
+    for _ in range(requeues):
+        record_event(d, "requeue", submission="s1", job_id=job_id, step=step)
+    return d
+
+
+@pytest.fixture()
+def sweep(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    root.mkdir()
+    (root / "sweep.json").write_text("{}")
+    _run(root, "a=1", "completed", 20, 20, [(10, 0.5, 100.0), (20, 0.25, 120.0)], job_id="50_0",
+         last_ckpt=NOW - 30)
+    _run(root, "a=2", "running", 12, 20, [(10, 0.7, 90.0)], job_id="50_1", last_ckpt=NOW - 4000, requeues=2)
+    _run(root, "a=3", "failed", 3, 20, [], job_id="50_2",
+         error="Traceback...\nTrainingError: loss became nan at step 3")
+    _run(root, "a=4", "running", 5, 20, [(5, 0.9, 50.0)], job_id="50_3",
+         stderr="srun: error: vm: task 0: Killed\nRuntimeError: CUDA out of memory\n")
+    return root
+
+
+def test_table_reads_every_member_from_its_folder(sweep) -> None:
+    df = collect_status(sweep, query_slurm=False, now=NOW).set_index("run")
+    assert list(df.index) == ["a=1", "a=2", "a=3", "a=4"]
+    assert df.loc["a=1", "state"] == "completed" and df.loc["a=1", "step"] == 20 and df.loc["a=1", "total"] == 20
+    assert df.loc["a=1", "loss"] == pytest.approx(0.25) and df.loc["a=1", "images_per_s"] == pytest.approx(120.0)
+    assert df.loc["a=1", "since_ckpt"] == pytest.approx(30)
+    assert df.loc["a=2", "requeues"] == 2 and df.loc["a=1", "requeues"] == 0
+    assert df.loc["a=3", "error"] == "TrainingError: loss became nan at step 3"
+    assert math.isnan(df.loc["a=3", "loss"])
+    assert df.loc["a=2", "error"] == ""  # errors only for failed jobs
+    assert df.loc["a=2", "job_id"] == "50_1"
+
+
+def test_slurm_state_wins_when_reachable(sweep, monkeypatch) -> None:
+    seen = []
+
+    def fake_states(ids):
+        seen.extend(ids)
+        return {"50_1": "PENDING", "50_3": "OUT_OF_MEMORY"}
+
+    monkeypatch.setattr(status_mod, "slurm_job_states", fake_states)
+    df = collect_status(sweep, now=NOW).set_index("run")
+    assert sorted(seen) == ["50_0", "50_1", "50_2", "50_3"]
+    assert df.loc["a=2", "state"] == "PENDING"  # requeued, waiting: the folder still says running
+    assert df.loc["a=1", "state"] == "completed"  # not reported by SLURM: from the folder
+    assert df.loc["a=4", "state"] == "OUT_OF_MEMORY"
+    assert df.loc["a=4", "error"] == "RuntimeError: CUDA out of memory"  # from the job's stderr
+
+
+def test_single_run_folder_and_text_table(sweep, capsys) -> None:
+    assert find_runs(sweep / "a=2") == [sweep / "a=2"]
+    text = format_status(collect_status(sweep, query_slurm=False, now=NOW))
+    assert "12/20" in text and "1h06m" in text and "TrainingError" in text
+    assert main(["status", str(sweep / "a=1"), "--no-slurm"]) == 0
+    out = capsys.readouterr().out
+    assert "20/20" in out and "completed" in out and "a=2" not in out
+
+
+def test_status_of_a_missing_folder_is_an_error(tmp_path, capsys) -> None:
+    assert main(["status", str(tmp_path / "nope")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_submitted_but_not_started(tmp_path) -> None:
+    d = tmp_path / "r"
+    write_launch_record(d, cluster="slurm", job_id="77", submission="s", stdout="", stderr="")
+    df = collect_status(d, query_slurm=False)
+    assert df.loc[0, "state"] == "submitted" and df.loc[0, "step"] == 0 and df.loc[0, "job_id"] == "77"

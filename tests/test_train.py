@@ -1,0 +1,200 @@
+"""The trainer end to end on simulated data: learning, exact resume, frozen teacher, failures, DDP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from usjepa.config import load_config
+from usjepa.models.checkpoint_io import CheckpointError
+from usjepa.train import TrainingError, run_training
+from usjepa.train.checkpoint import load_training_checkpoint
+
+CONFIGS = {
+    "salt": "configs/pretrain/salt_vit_tiny_sim.yaml",
+    "mae": "configs/pretrain/mae_vit_tiny_sim.yaml",
+    "ema_jepa": "configs/pretrain/ema_jepa_vit_tiny_sim.yaml",
+}
+
+
+@pytest.fixture(scope="session")
+def sim_root(tmp_path_factory) -> str:
+    """One small simulated dataset shared by the trainer tests (generated on first use)."""
+    return str(tmp_path_factory.mktemp("sim") / "lesion96")
+
+
+def _cfg(objective: str, out: Path, sim_root: str, *extra: str):
+    ov = [
+        f"train.out_dir={out}",
+        f"data.root={sim_root}",
+        "data.num_images=96",
+        "data.batch_size=16",
+        "train.progress=false",
+        "train.log_every=1",
+        "train.ckpt_every=1000",
+        "data.augment=true",
+        *extra,
+    ]
+    return load_config(CONFIGS[objective], ov)
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f) if r["loss"]}
+
+
+def test_tiny_salt_run_lowers_its_loss(tmp_path, sim_root):
+    res = run_training(_cfg("salt", tmp_path / "run", sim_root, "train.steps=40"))
+    assert res.status == "completed" and res.step == 40
+    loss = _losses(tmp_path / "run")
+    first = sum(loss[s] for s in range(1, 6)) / 5
+    last = sum(loss[s] for s in range(36, 41)) / 5
+    assert last < 0.8 * first, (first, last)
+    for name in ("config.yaml", "env.json", "latest.pt", "encoder.safetensors", "status.json"):
+        assert (tmp_path / "run" / name).exists(), name
+
+
+@pytest.mark.parametrize("objective", ["salt", "mae", "ema_jepa"])
+def test_resume_gives_identical_metrics_and_weights(tmp_path, sim_root, objective):
+    n = 4
+    full = run_training(_cfg(objective, tmp_path / "full", sim_root, f"train.steps={2 * n}"))
+    calls = {"k": 0}
+
+    def stop_after_n() -> bool:
+        calls["k"] += 1
+        return calls["k"] == n
+
+    first = run_training(
+        _cfg(objective, tmp_path / "split", sim_root, f"train.steps={2 * n}"), should_stop=stop_after_n
+    )
+    assert first.status == "preempted" and first.step == n
+    assert load_training_checkpoint(tmp_path / "split" / "latest.pt")["step"] == n
+    second = run_training(_cfg(objective, tmp_path / "split", sim_root, f"train.steps={2 * n}"))
+    assert second.status == "completed" and full.status == "completed"
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "split")
+    assert sorted(b) == list(range(1, 2 * n + 1))  # no duplicated or missing steps
+    assert [a[s] for s in range(n + 1, 2 * n + 1)] == [b[s] for s in range(n + 1, 2 * n + 1)]
+    wa, wb = load_file(tmp_path / "full" / "encoder.safetensors"), load_file(tmp_path / "split" / "encoder.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_teacher_is_frozen_throughout_a_salt_run(tmp_path, sim_root, monkeypatch):
+    import usjepa.train.build as build
+
+    seen = {}
+    real = build.build_teacher
+
+    def spy(cfg):
+        t = real(cfg)
+        seen["teacher"] = t
+        seen["before"] = {k: v.clone() for k, v in t.state_dict().items()}
+        return t
+
+    monkeypatch.setattr(build, "build_teacher", spy)
+    run_training(_cfg("salt", tmp_path / "run", sim_root, "train.steps=3"))
+    t = seen["teacher"]
+    assert not any(p.requires_grad for p in t.parameters())
+    t.train()
+    assert not t.training and not any(m.training for m in t.modules())
+    after = t.state_dict()
+    assert all(torch.equal(seen["before"][k], after[k]) for k in after)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, sim_root, monkeypatch):
+    from usjepa.objectives import SALT
+
+    cfg = _cfg("salt", tmp_path / "run", sim_root, "train.steps=6", "train.ckpt_every=2")
+    real = SALT.forward
+    count = {"k": 0}
+
+    def poisoned(self, batch):
+        loss, logs = real(self, batch)
+        count["k"] += 1
+        return (loss * float("nan") if count["k"] == 4 else loss), logs
+
+    monkeypatch.setattr(SALT, "forward", poisoned)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 4.*latest.pt"):
+        run_training(cfg)
+    assert load_training_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 2
+    assert '"state": "failed"' in (tmp_path / "run" / "status.json").read_text()
+
+
+def test_corrupt_or_mismatched_checkpoint_is_an_error_not_a_restart(tmp_path, sim_root):
+    run = tmp_path / "run"
+    run_training(_cfg("mae", run, sim_root, "train.steps=2"))
+    # a different architecture for the same folder: refused, naming what differs
+    with pytest.raises(CheckpointError, match="different settings for model"):
+        run_training(_cfg("mae", run, sim_root, "train.steps=4", "model.depth=3"))
+    # a truncated file: refused, naming the file
+    data = (run / "latest.pt").read_bytes()
+    (run / "latest.pt").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="latest.pt"):
+        run_training(_cfg("mae", run, sim_root, "train.steps=4"))
+    assert _losses(run) and max(_losses(run)) == 2  # nothing was trained from step 0 over it
+
+
+def test_validation_keeps_best_checkpoint(tmp_path, sim_root):
+    run_training(
+        _cfg(
+            "ema_jepa",
+            tmp_path / "run",
+            sim_root,
+            "train.steps=6",
+            "train.val_every=3",
+            "train.val_fraction=0.2",
+            "train.val_batches=1",
+        )
+    )
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        vals = [float(r["val_loss"]) for r in csv.DictReader(f) if r["val_loss"]]
+    assert len(vals) == 2
+    best = load_training_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["best_val"] == pytest.approx(min(vals), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tmp_path, sim_root):
+    """torchrun, gloo on CPU: 2 ranks x 8 images equal 1 process x 16 images, step for step."""
+    common = [
+        "train.steps=4",
+        f"data.root={sim_root}",
+        "data.num_images=96",
+        "data.batch_size=16",
+        "train.progress=false",
+        "train.log_every=1",
+        "train.threads=1",
+    ]
+    single = tmp_path / "single"
+    run_training(load_config(CONFIGS["ema_jepa"], common + [f"train.out_dir={single}"]))
+    ddp = tmp_path / "ddp"
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
+    subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "usjepa.cli",
+            "pretrain",
+            CONFIGS["ema_jepa"],
+            *common,
+            f"train.out_dir={ddp}",
+        ],
+        check=True,
+        env=env,
+        timeout=600,
+        cwd=Path(__file__).parents[1],
+    )
+    a, b = _losses(single), _losses(ddp)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for s in a:
+        assert b[s] == pytest.approx(a[s], rel=1e-4, abs=1e-6)

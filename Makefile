@@ -22,8 +22,9 @@ demo: setup
 # In CI (CI=true) or with USJEPA_SLURM=1 a single-node SLURM cluster is started on localhost first
 # (needs root and apt-get); elsewhere the tests marked `slurm` are skipped unless `sinfo` is on PATH.
 test: setup
-	@if [ "$${CI:-}" = "true" ] || [ "$${USJEPA_SLURM:-}" = "1" ]; then bash launch/slurm_local.sh up; fi
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@if [ "$${CI:-}" = "true" ] || [ "$${USJEPA_SLURM:-}" = "1" ]; then \
+		bash launch/slurm_local.sh up && export USJEPA_REQUIRE_SLURM=1; fi; \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)

@@ -1,0 +1,183 @@
+"""The callable every launcher runs: a submitit `Checkpointable` around the training entry point.
+
+Preemption: submitit's own handler for the preemption signal (USR2 unless SUBMITIT_PREEMPT_SIGNAL says
+otherwise) would call `checkpoint()` in the middle of a step. While training runs, `TrainJob` replaces it
+with a handler that only raises a flag; the trainer polls the flag at step boundaries, saves `latest.pt`
+atomically and returns "preempted"; rank 0 then requeues the job (through submitit's requeue for the
+executor: `scontrol requeue` on SLURM, a restart by the local controller) into the same run folder, where
+the next start resumes from `latest.pt`. Requeues are counted in `job_events.json` against
+`launch.max_requeues`. Any restart resumes, whatever caused it (node failure included).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.helpers import Checkpointable
+
+from launch.runfiles import link_logs, record_event, requeue_count
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENTRY = "usjepa.train:run_training"
+DEFAULT_SCHEMA = "usjepa.config:PretrainConfig"
+
+
+def _import(target: str) -> Any:
+    """'package.module:attribute' -> the attribute."""
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise ValueError(f"entry point '{target}' must look like 'package.module:function'")
+    return getattr(importlib.import_module(module), attr)
+
+
+def job_environment() -> submitit.JobEnvironment | None:
+    """submitit's view of the current job, or None when not started by submitit (a plain call)."""
+    if not os.environ.get("SUBMITIT_EXECUTOR") and not os.environ.get("SUBMITIT_FOLDER"):
+        return None
+    try:
+        return submitit.JobEnvironment()
+    except RuntimeError:
+        return None
+
+
+class PreemptionFlag:
+    """A signal handler that only records that the signal came; calling the flag says whether it did."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        os.write(2, f"usjepa: caught signal {signum}; saving at the next step boundary\n".encode())
+
+    def install(self, *signums: int) -> PreemptionFlag:
+        for s in signums:
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+
+def _export_local_ranks(env: submitit.JobEnvironment | None) -> None:
+    """submitit's local executor starts tasks without torchrun variables: add them (one node, loopback)."""
+    if env is None or env.name() != "local" or env.num_tasks <= 1:
+        return
+    os.environ.update(
+        RANK=str(env.global_rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.num_tasks),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(20000 + int(env.job_id) % 20000),
+    )
+
+
+class TrainJob(Checkpointable):
+    """Run `entry(cfg, should_stop=...)` for a resolved config; requeue it when it stops early.
+
+    `config` is the resolved config as a plain dict (its `train.out_dir` is the run folder);
+    `submission_id` groups the requeues of one submission for the `max_requeues` budget.
+    """
+
+    def __init__(self, config: dict, max_requeues: int = 5, submission_id: str | None = None,
+                 entry: str = DEFAULT_ENTRY, schema: str = DEFAULT_SCHEMA) -> None:
+        self.config = config
+        self.max_requeues = int(max_requeues)
+        self.submission_id = submission_id or uuid.uuid4().hex[:12]
+        self.entry = entry
+        self.schema = schema
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config["train"]["out_dir"])
+
+    def typed_config(self) -> Any:
+        from usjepa.config import from_dict
+
+        return from_dict(self.config, schema=_import(self.schema))
+
+    def __call__(self) -> Any:
+        env = job_environment()
+        rank = env.global_rank if env is not None else 0
+        _export_local_ranks(env)
+        cfg = self.typed_config()
+        if rank == 0:
+            self._record_start(env)
+        flag = PreemptionFlag()
+        if env is not None and env.name() != "debug":
+            flag.install(submitit.JobEnvironment._usr_sig())  # replaces submitit's mid-step checkpoint handler
+        try:
+            result = _import(self.entry)(cfg, should_stop=flag)
+        finally:
+            flag.restore()
+        if getattr(result, "status", None) == "preempted":
+            self._requeue_after_stop(env, rank, int(getattr(result, "step", -1)))
+        return result
+
+    def _record_start(self, env: submitit.JobEnvironment | None) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fields: dict[str, Any] = {"submission": self.submission_id}
+        if env is not None:
+            fields.update(job_id=env.job_id, cluster=env.name(), num_tasks=env.num_tasks,
+                          restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0))
+            from usjepa.train.distributed import resolve_env  # (imports the trainer package: only in the job)
+
+            dist_env = resolve_env()  # what the trainer will see (rank 0's view)
+            fields.update(world_size=dist_env.world_size, dist_source=dist_env.source)
+            if env.name() != "debug":
+                link_logs(self.run_dir, env.paths.stdout, env.paths.stderr)
+        record_event(self.run_dir, "start", **fields)
+
+    def _budget_left(self) -> int:
+        return self.max_requeues - requeue_count(self.run_dir, self.submission_id)
+
+    def _requeue_after_stop(self, env: submitit.JobEnvironment | None, rank: int, step: int) -> None:
+        """Called when the trainer returned "preempted": rank 0 requeues, other ranks just finish."""
+        if rank != 0:
+            return
+        if env is None or env.name() == "debug":
+            logger.warning("stopped at step %d outside a cluster job: run the same command again to resume "
+                           "from %s", step, self.run_dir / "latest.pt")
+            return
+        left = self._budget_left()
+        if left <= 0:
+            raise RuntimeError(
+                f"run '{self.run_dir}' was preempted at step {step} after {self.max_requeues} requeues "
+                "(launch.max_requeues); latest.pt is intact: submit the same config again to resume, "
+                "or raise launch.max_requeues")
+        record_event(self.run_dir, "requeue", submission=self.submission_id, job_id=env.job_id, step=step,
+                     reason="preempted or timed out")
+        logger.warning("requeueing job %s at step %d (%d requeues left)", env.job_id, step, left - 1)
+        try:
+            env._requeue(left - 1)  # SLURM: scontrol requeue; local: exits with submitit's requeue code
+        except Exception as e:
+            raise RuntimeError(f"could not requeue job {env.job_id} ({e}); latest.pt at step {step} in "
+                               f"'{self.run_dir}' is intact: submit the same config again to resume") from e
+        # like submitit: leave without a result file, so the job counts as unfinished until the requeued run ends
+        sys.exit(-1)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
+        """submitit's handler path (the signal came before training started): requeue the same callable.
+
+        The trainer resumes from `latest.pt` by itself, so the resubmitted callable needs no extra state.
+        Returning None declines the requeue when the budget is spent.
+        """
+        if self._budget_left() <= 0:
+            logger.error("not requeueing '%s': launch.max_requeues=%d reached", self.run_dir, self.max_requeues)
+            return None
+        env = job_environment()
+        record_event(self.run_dir, "requeue", submission=self.submission_id,
+                     job_id=env.job_id if env is not None else None, step=None, reason="signal before training")
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)

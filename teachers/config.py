@@ -11,9 +11,10 @@ class TeacherConfig:
     checkpoint: str = ""
     arch: str = ""  # architecture name where the family needs one (timm model name, vit_base, ...)
     patch_size: int = 0  # 0 = the family's default
-    norm: str = ""  # normalisation preset: imagenet | clip | minus_one_one | zscore | none ("" = family default)
+    norm: str = ""  # preset: imagenet | clip | minus_one_one | zscore | none | model ("" = family default)
     layer: int = -1  # block whose output is the target (-1 = last)
     mean_last_k: int = 1  # average the outputs of the last k blocks
     final_norm: bool = True  # apply the encoder's final norm to the chosen layer
     cache: str = ""  # directory of precomputed targets (usjepa teacher cache); "" = run the teacher live
-    options: dict = field(default_factory=dict)  # family-specific extras
+    # family options (which, drop, prefixes, num_heads, native_grid, seed, img_size, ...) and grid_resample
+    options: dict = field(default_factory=dict)

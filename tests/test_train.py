@@ -198,3 +198,24 @@ def test_two_process_ddp_matches_one_process(tmp_path, sim_root):
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     for s in a:
         assert b[s] == pytest.approx(a[s], rel=1e-4, abs=1e-6)
+
+
+def test_salt_from_cached_targets_matches_live_teacher(tmp_path, sim_root):
+    from teachers.cache import build_cache
+
+    live_cfg = _cfg("salt", tmp_path / "live", sim_root, "train.steps=3", "data.augment=false")
+    grid = tuple(s // live_cfg.model.patch_size for s in live_cfg.model.img_size)
+    cache = build_cache(live_cfg.teacher, live_cfg.data, tuple(live_cfg.model.img_size), tmp_path / "cache",
+                        live_cfg.objective.target_norm, grid=grid, dtype="float32", progress=False)
+    run_training(live_cfg)
+    cached_cfg = _cfg("salt", tmp_path / "cached", sim_root, "train.steps=3", "data.augment=false",
+                      f"teacher.cache={cache}")
+    run_training(cached_cfg)
+    a, b = _losses(tmp_path / "live"), _losses(tmp_path / "cached")
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for s in a:
+        assert b[s] == pytest.approx(a[s], rel=1e-5, abs=1e-6)
+    # a cache made for another teacher is refused, naming the difference
+    with pytest.raises(Exception, match="teacher"):
+        run_training(_cfg("salt", tmp_path / "other", sim_root, "train.steps=1", "data.augment=false",
+                          f"teacher.cache={cache}", "teacher.options.seed=7"))

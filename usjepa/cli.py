@@ -9,7 +9,7 @@ import sys
 VERBS_HELP = """verbs:
   pretrain   train a student (salt), a pixel-MAE teacher (mae) or an I-JEPA baseline (ema_jepa) from a YAML config
   simulate   write a labelled, simulated B-mode ultrasound dataset (PNG + manifest.csv)
-  teacher    teacher tools: `usjepa teacher cache CONFIG` precomputes a frozen teacher's targets
+  teacher    teacher tools: inspect / verify a checkpoint, `cache` precomputes a frozen teacher's targets
   probe      linear / attentive / kNN probes of encoders on labelled datasets -> one results table
   submit     send a pretraining (or probe) config to SLURM via submitit, or run it locally
   sweep      expand a grid of overrides and submit it as one SLURM job array
@@ -59,16 +59,7 @@ def _export(args) -> int:
     from usjepa.models import export_encoder, load_encoder_checkpoint
 
     enc = load_encoder_checkpoint(args.checkpoint, which=args.which)
-    mc = dict(
-        img_size=list(enc.img_size),
-        patch_size=enc.patch_size,
-        in_chans=enc.in_chans,
-        cls_token=bool(enc.num_prefix_tokens),
-        embed_dim=enc.embed_dim,
-        depth=enc.depth,
-        num_heads=enc.num_heads,
-    )
-    path = export_encoder(enc, args.out, mc)
+    path = export_encoder(enc, args.out)
     kw = ", ".join(f"{k}={v!r}" for k, v in enc.timm_kwargs().items())
     print(f"wrote {path}\nload it with: timm.create_model('vit_base_patch16_224', {kw}, checkpoint_path='{path}')")
     return 0
@@ -146,20 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
         except (ImportError, AttributeError) as e:
             p.set_defaults(func=lambda args, e=e, verb=verb: _unavailable(verb, e))
 
-    t = sub.add_parser("teacher", help="teacher tools (cache)", description="Tools for frozen teachers.")
-    tsub = t.add_subparsers(dest="teacher_verb", metavar="ACTION")
-    p = tsub.add_parser(
-        "cache",
-        help="precompute a teacher's targets for a dataset's fixed views",
-        description="Precompute the frozen teacher's normalised target tokens for the fixed views of "
-        "the config's dataset into fp16 shards; train from them with teacher.cache=DIR.",
-    )
+    p = sub.add_parser("teacher", help="teacher tools: inspect, verify, cache",
+                       description="Tools for frozen teachers: inspect a checkpoint's keys and family, verify that it "
+                                   "loads strictly and runs, or precompute its targets for a dataset (cache).")
     try:
-        _optional("teachers.cache", "add_arguments")(p)
-        p.set_defaults(func=_optional("teachers.cache", "run_from_args"))
+        _optional("teachers.cli", "add_arguments")(p)
+        p.set_defaults(func=_optional("teachers.cli", "run_from_args"))
     except (ImportError, AttributeError) as e:
-        p.set_defaults(func=lambda args, e=e: _unavailable("teacher cache", e))
-    t.set_defaults(func=lambda args: (t.print_help(), 2)[1])
+        p.set_defaults(func=lambda args, e=e: _unavailable("teacher", e))
     return parser
 
 

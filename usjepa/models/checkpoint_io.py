@@ -79,6 +79,8 @@ def export_encoder(encoder: VisionTransformer, path: str | Path, model_cfg: dict
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not model_cfg:
+        model_cfg = encoder_model_config(encoder)
     meta = {
         "format": "usjepa-encoder",
         "timm_kwargs": json.dumps(
@@ -91,6 +93,14 @@ def export_encoder(encoder: VisionTransformer, path: str | Path, model_cfg: dict
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
+
+
+def encoder_model_config(encoder: VisionTransformer) -> dict:
+    """The `model:` config fields that rebuild this encoder exactly."""
+    return dict(arch="vit_tiny", embed_dim=encoder.embed_dim, depth=encoder.depth, num_heads=encoder.num_heads,
+                img_size=list(encoder.img_size), patch_size=encoder.patch_size, in_chans=encoder.in_chans,
+                cls_token=bool(encoder.num_prefix_tokens), norm_mean=encoder.input_mean.flatten().tolist(),
+                norm_std=encoder.input_std.flatten().tolist())
 
 
 def _encoder_from_model_config(mc: dict) -> VisionTransformer:

@@ -1,0 +1,30 @@
+"""Family `random`: a randomly initialised usjepa ViT, seeded. The floor every real teacher must beat, and a
+teacher for smoke tests that needs no file."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from teachers.backbones import UsjepaBackbone
+from teachers.registry import Built, register
+from teachers.usjepa_family import encoder_stats
+from usjepa.models.vit import build_vit
+
+
+@register("random", default_norm="model", needs_checkpoint=False,
+          summary="randomly initialised usjepa ViT (arch, patch_size, seed): smoke tests and the reference floor")
+def build_random(checkpoint: str | None, *, strict: bool = True, arch: str = "vit_tiny", patch_size: int = 16,
+                 seed: int = 0, in_chans: int = 3, embed_dim: int = 0, depth: int = 0, num_heads: int = 0,
+                 cls_token: bool = True, img_size: Sequence[int] = (224, 224),
+                 norm_mean: Sequence[float] = (0.5,), norm_std: Sequence[float] = (0.25,)) -> Built:
+    if checkpoint:
+        raise ValueError(f"the random family takes no checkpoint (got '{checkpoint}'); use family usjepa to load one")
+    with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG stream untouched
+        torch.manual_seed(int(seed))
+        vit = build_vit(arch=arch or "vit_tiny", embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                        img_size=tuple(img_size), patch_size=patch_size or 16, in_chans=in_chans, cls_token=cls_token,
+                        norm_mean=tuple(norm_mean), norm_std=tuple(norm_std))
+    desc = f"random vit d{vit.embed_dim} x{vit.depth} h{vit.num_heads} p{vit.patch_size} seed{seed}"
+    return Built(UsjepaBackbone(vit.eval()), arch=desc, norm_stats=encoder_stats(vit), identity={"seed": int(seed)})

@@ -1,0 +1,153 @@
+"""The family registry: `register` a builder, `load(family, checkpoint, **options)` a `FrozenTeacher`.
+
+A family is one function `build(checkpoint, *, strict=True, **family_options) -> Built` decorated with
+`@register(name, default_norm=..., drop=..., summary=...)`. Options shared by every teacher (norm,
+layer, mean_last_k, final_norm, grid_resample) are handled here; anything else must be a keyword of the
+builder, so a misspelt option is an error that names the valid ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect as pyinspect
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from teachers.backbones import Backbone
+from teachers.frozen import FrozenTeacher
+from teachers.loading import KeyReport
+
+log = logging.getLogger(__name__)
+
+TEACHER_OPTIONS = ("norm", "layer", "mean_last_k", "final_norm", "grid_resample", "autocast")
+
+
+@dataclass
+class Built:
+    """What a family builder returns: the network (weights loaded when `report.ok`), the key report, and extras."""
+
+    backbone: Backbone
+    report: KeyReport | None = None
+    arch: str = ""  # human-readable architecture, e.g. "vit d768 x12 h12 p16"
+    norm_stats: tuple | None = None  # (mean, std) for the "encoder" preset
+    identity: dict = field(default_factory=dict)  # extra identity fields (seed of a random teacher, ...)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    build: Callable[..., Built]
+    default_norm: str
+    drop: tuple[str, ...]
+    summary: str
+    needs_checkpoint: bool = True
+
+    def options(self) -> list[str]:
+        sig = pyinspect.signature(self.build)
+        return [n for n, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY and n != "strict"]
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(name: str, *, default_norm: str, summary: str, drop: tuple[str, ...] = (),
+             needs_checkpoint: bool = True) -> Callable[[Callable[..., Built]], Callable[..., Built]]:
+    """Decorator adding a family builder to `FAMILIES` (see teachers/README.md for what a builder must do)."""
+
+    def deco(fn: Callable[..., Built]) -> Callable[..., Built]:
+        if name in FAMILIES and FAMILIES[name].build is not fn:
+            raise ValueError(f"teacher family '{name}' is already registered")
+        FAMILIES[name] = Family(name, fn, default_norm, tuple(drop), summary, needs_checkpoint)
+        return fn
+
+    return deco
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        close = difflib.get_close_matches(str(name), list(FAMILIES), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown teacher family '{name}'{hint} Known families: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+def split_options(fam: Family, options: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(teacher-wide options, family options); unknown names are an error listing the valid ones."""
+    valid = fam.options()
+    common, own = {}, {}
+    for k, v in options.items():
+        if k in TEACHER_OPTIONS:
+            common[k] = v
+        elif k in valid:
+            own[k] = v
+        else:
+            close = difflib.get_close_matches(k, valid + list(TEACHER_OPTIONS), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"teacher family '{fam.name}' has no option '{k}'{hint}; its options are "
+                             f"{', '.join(valid + list(TEACHER_OPTIONS))}")
+    return common, own
+
+
+def build(family: str, checkpoint: str | None = None, *, strict: bool = True, **options: Any) -> tuple[Family, Built]:
+    """Run a family builder (weights loaded strictly unless `strict=False`, used by inspection)."""
+    fam = get_family(family)
+    _, own = split_options(fam, options)
+    if fam.needs_checkpoint and not checkpoint:
+        raise ValueError(f"teacher family '{family}' needs a checkpoint file (teacher.checkpoint=PATH); "
+                         "use family 'random' for a randomly initialised teacher")
+    if checkpoint and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"teacher checkpoint '{checkpoint}' does not exist; set teacher.checkpoint to the "
+                                f"downloaded {family} weights")
+    return fam, fam.build(checkpoint, strict=strict, **own)
+
+
+def load(family: str, checkpoint: str | None = None, **options: Any) -> FrozenTeacher:
+    """A frozen teacher of `family` from `checkpoint`, strictly loaded.
+
+    Teacher-wide options: norm (preset name, "" = family default), layer, mean_last_k, final_norm,
+    grid_resample, autocast; every other option goes to the family builder (arch, which, drop, ...).
+    """
+    fam, built = build(family, checkpoint, strict=True, **options)
+    common, own = split_options(fam, options)
+    norm = common.pop("norm", "") or fam.default_norm
+    identity = {"checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None, "arch": built.arch,
+                "options": {k: own[k] for k in sorted(own)}, **built.identity}
+    teacher = FrozenTeacher(built.backbone, family=fam.name, norm=norm, norm_stats=built.norm_stats,
+                            identity=identity, **common)
+    log.info("teacher %s (%s) from %s: %s", fam.name, built.arch, checkpoint or "random init", teacher.extra_repr())
+    return teacher
+
+
+def spec_options(cfg: Any) -> tuple[str, str | None, dict]:
+    """(family, checkpoint, options) from a `teacher:` config section (TeacherConfig or a DictConfig of it)."""
+    from omegaconf import OmegaConf
+
+    get = (lambda k: getattr(cfg, k))
+    extra = get("options")
+    extra = OmegaConf.to_container(extra, resolve=True) if OmegaConf.is_config(extra) else dict(extra or {})
+    opts: dict[str, Any] = {"norm": get("norm"), "layer": int(get("layer")), "mean_last_k": int(get("mean_last_k")),
+                            "final_norm": bool(get("final_norm"))}
+    if get("arch"):
+        opts["arch"] = get("arch")
+    if int(get("patch_size")):
+        opts["patch_size"] = int(get("patch_size"))
+    clash = sorted(set(extra) & set(opts))
+    if clash:
+        raise ValueError(f"teacher.options repeats {clash}; set them as teacher.<name> instead")
+    opts.update(extra)
+    return str(get("family")), (str(get("checkpoint")) or None), opts
+
+
+def load_spec(cfg: Any) -> FrozenTeacher:
+    """`load` from the `teacher:` config section (family, checkpoint, arch, patch_size, norm, layer, ...)."""
+    family, checkpoint, opts = spec_options(cfg)
+    if not family:
+        raise ValueError("teacher.family is empty; set it to one of " + ", ".join(sorted(FAMILIES)))
+    fam = get_family(family)
+    if "patch_size" in opts and "patch_size" not in fam.options():
+        raise ValueError(f"teacher family '{family}' reads its patch size from the checkpoint; remove "
+                         f"teacher.patch_size={opts['patch_size']}")
+    return load(family, checkpoint, **opts)

@@ -279,6 +279,9 @@ def load_config(
         known = OmegaConf.select(base, key, default="__missing__") != "__missing__" or _is_container_key(base, key)
         if not known and not _under_free_dict(base, key):
             raise ConfigError(_unknown_key_message(base, key, "command-line overrides"))
+        if ov.split("=", 1)[1].strip() in ("{}", "[]"):  # an empty container replaces, it does not merge
+            OmegaConf.update(cfg, key, {} if ov.split("=", 1)[1].strip() == "{}" else [], merge=False)
+            continue
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
         except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:

@@ -43,7 +43,8 @@ SIZES = {
 def _stage_overrides(s: dict, out: Path, data_root: Path, steps: int, seed: int) -> list[str]:
     return [*s["model"], *s["predictor"], f"data.root={data_root}", f"data.num_images={s['images']}",
             f"data.batch_size={s['batch']}", f"data.num_workers={s['workers']}", f"train.steps={steps}",
-            f"train.seed={seed}", f"train.out_dir={out}", "train.log_every=10", f"train.ckpt_every={max(steps // 2, 1)}",
+            f"train.seed={seed}", f"train.out_dir={out}", "train.log_every=10",
+            f"train.ckpt_every={max(steps // 2, 1)}",
             "data.task=lesion"]
 
 
@@ -164,7 +165,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="tiny", choices=sorted(SIZES), help="tiny: CPU minutes; small/base: GPU")
     parser.add_argument("--compare", action="store_true", help="also train an EMA-JEPA student (same size, budget)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply the training steps (e.g. 0.2 for a smoke run)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply the training steps (e.g. 0.2 for a smoke run)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:

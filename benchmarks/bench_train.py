@@ -43,13 +43,13 @@ def child(spec: dict) -> dict:
     H, W = cfg.model.img_size
     B = cfg.data.batch_size
     images = torch.rand(B, 1, H, W)
-    cache_dir = None
-    if spec.get("cached"):
-        cache_dir = _make_cache(cfg, images)
-        from omegaconf import OmegaConf
+    objective = build_objective(cfg, total_steps=1000)
+    if spec.get("cached"):  # the same SALT objective, reading targets from a real cache instead of the teacher
+        from teachers.cache import TargetCache
 
-        OmegaConf.update(cfg, "teacher.cache", str(cache_dir))
-    objective = build_objective(cfg, total_steps=1000).to(device)
+        objective.cache = TargetCache(_make_cache(cfg, images))
+        objective.__dict__["teacher"] = None
+    objective = objective.to(device)
     objective.train()
     grid = objective.student.grid((H, W))
     masker = build_masker(cfg.mask, grid)
@@ -127,11 +127,29 @@ def child(spec: dict) -> dict:
     return res
 
 
-def _make_cache(cfg, images):
-    """A real target cache (teachers.cache) for the synthetic batch's fixed views."""
-    from teachers.cache import write_cache_for_tensors
+class _Frames:
+    """Fixed views of the synthetic batch, shaped like dataset items (the cache keys rows by item index)."""
 
-    return write_cache_for_tensors(cfg, images, Path(tempfile.mkdtemp(prefix="usjepa-bench-cache-")))
+    def __init__(self, images):
+        self.images = images
+        self.paths = [f"synthetic/{i}" for i in range(len(images))]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        import torch
+
+        return {"image": self.images[i], "index": torch.tensor(i)}
+
+
+def _make_cache(cfg, images) -> Path:
+    """A real target cache (teachers.cache.build_cache) of the synthetic batch, float16 shards as users get."""
+    from teachers.cache import build_cache, student_grid
+
+    out = Path(tempfile.mkdtemp(prefix="usjepa-bench-cache-")) / "cache"
+    return build_cache(cfg.teacher, cfg.data, tuple(cfg.model.img_size), out, cfg.objective.target_norm,
+                       grid=student_grid(cfg), dataset=_Frames(images), progress=False, device="cpu")
 
 
 def suite(quick: bool) -> list[dict]:
@@ -146,7 +164,7 @@ def suite(quick: bool) -> list[dict]:
             "predictor.embed_dim=96",
             "predictor.num_heads=4",
         ]
-        small_t = ["teacher.arch=vit_tiny", "teacher.patch_size=8", "+teacher.options.depth=2"]
+        small_t = ["teacher.arch=vit_tiny", "teacher.patch_size=8", "teacher.options.depth=2"]
         big, big_t = size, small_t
         scaling = []
     else:

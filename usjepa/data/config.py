@@ -10,13 +10,32 @@ class DataConfig:
     source: str = "simulate"  # simulate | folder | manifest | dicom | video | ultrabench
     root: str = ""  # folder / UltraBench root / simulated dataset dir (generated there when missing)
     manifest: str = ""  # CSV or Parquet manifest
-    task: str = "lesion"  # simulator task, or the label column for labelled sources
+    task: str = "lesion"  # simulator task, or the label column for labelled sources ("folder": sub-folder names)
     num_images: int = 512  # simulator: images to generate when root is empty
     seed: int = 0
     batch_size: int = 32
     num_workers: int = 0
     channels: int = 1  # images leave the pipeline with 1 or 3 channels, floats in [0, 1]
-    preprocess: str = "none"  # none | usjepa (grayscale, overlay inpaint, 2-98 percentile rescale in region)
+    preprocess: str = "none"  # none | fan (crop to fan, remove overlays) | usjepa (fan + 2-98 percentile rescale)
     augment: bool = True
     crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
     bad_item_threshold: float = 0.05  # stop with an error when more than this share of items is bad
+    # --- region (fan) mask and geometry
+    region: str = "auto"  # auto (mask files, else estimated) | given (mask files only) | estimate | none (all True)
+    resize: str = "pad"  # pad (keep aspect, zero pad) | squash, for un-augmented views
+    augment_policy: str = "default"  # default (jitter + blur + speckle) | trivial (TrivialAugment-style) | none
+    hflip: float = 0.5
+    vflip: float = 0.0
+    # --- sources
+    frame_stride: int = 1  # DICOM cine / video: keep every n-th frame
+    max_frames: int = 0  # DICOM cine / video: at most this many frames per file, evenly spread (0 = all)
+    patient_regex: str = ""  # folder sources: regex on the relative path whose group 1 is the patient id
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # when the source has no splits
+    # --- balanced sampling (US-JEPA: per-dataset cap; organ weights fix organ bias)
+    balance: str = "none"  # none | dataset | organ
+    balance_cap: int = 50000  # N_cap: a group counts with min(|group|, cap) items
+    balance_weights: dict[str, float] = field(default_factory=dict)  # extra multiplier per dataset / organ name
+    # --- simulator (source=simulate)
+    sim_size: int = 256
+    sim_frames_per_patient: int = 4
+    sim_dress: float = 0.5  # share of simulated patients with scanner overlays

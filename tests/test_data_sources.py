@@ -1,0 +1,190 @@
+"""Sources: image folders (8/16-bit, bad files), manifests, DICOM (mono / RGB / YBR, multi-frame), video, UltraBench."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from usjepa.data import DataConfig, DataError, build_dataset, collate_skip_bad
+from usjepa.data.sources import decode, read_ultrabench, scan_folder
+
+
+def _ramp(h=40, w=48) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return ((x + 2 * y) * 255 / (w + 2 * h)).astype(np.uint8)
+
+
+def _write_dicom(path, frames: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 8, patient: str = "P1"):
+    """A minimal uncompressed DICOM (secondary capture) holding frames [N, H, W] or [N, H, W, 3]."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientID = patient
+    n, h, w = frames.shape[:3]
+    ds.Rows, ds.Columns = h, w
+    if n > 1:
+        ds.NumberOfFrames = n
+    colour = frames.ndim == 4
+    ds.SamplesPerPixel = 3 if colour else 1
+    if colour:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16 if bits > 8 else 8
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+    ds.PixelData = frames.astype(np.uint16 if bits > 8 else np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_folder_reads_8_and_16_bit_and_reports_each_bad_file(tmp_path):
+    img = _ramp()
+    Image.fromarray(img).save(tmp_path / "a_good.png")
+    Image.fromarray(np.stack([img] * 3, 2)).save(tmp_path / "b_good.jpg", quality=95)
+    Image.fromarray(img).save(tmp_path / "c_good.bmp")
+    Image.fromarray(img.astype(np.uint16) * 257).save(tmp_path / "d_16bit.png")
+    Image.fromarray(img.astype(np.uint16) * 257).save(tmp_path / "e_16bit.tif")
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(img).save(tmp_path / "sub" / "f_nested.png")
+    Image.fromarray(np.zeros_like(img)).save(tmp_path / "x_black.png")
+    (tmp_path / "x_empty.png").write_bytes(b"")
+    (tmp_path / "x_corrupt.png").write_bytes(b"\x89PNG not really a png" * 20)
+    full = (tmp_path / "a_good.png").read_bytes()
+    (tmp_path / "x_truncated.png").write_bytes(full[: len(full) // 2])
+
+    for name in ("d_16bit.png", "e_16bit.tif"):  # 16-bit keeps its precision and its scale
+        v = decode(str(tmp_path / name), "image")
+        assert v.dtype == np.float32 and np.allclose(v, img / 255.0, atol=1e-4)
+
+    cfg = DataConfig(source="folder", root=str(tmp_path), bad_item_threshold=0.5, region="none")
+    ds = build_dataset(cfg, None, (32, 32), augment=True)
+    assert len(ds) == 10
+    items = [ds[(i, 7)] for i in range(len(ds))]
+    bad = {r["path"].split("/")[-1]: r["reason"] for r in ds.bad_report()}
+    assert bad == {"x_black.png": "all-black frame", "x_empty.png": "empty file",
+                   "x_truncated.png": "truncated file", "x_corrupt.png": "corrupt or unreadable"}
+    good = [it for it in items if it is not None]
+    assert len(good) == 6 and all(it["image"].shape == (1, 32, 32) for it in good)
+    batch = collate_skip_bad(items[:4] + items[-4:])
+    assert batch["num_bad"] == 4 and batch["image"].shape[0] == 4
+
+
+def test_bad_share_over_threshold_raises_a_clear_error(tmp_path):
+    Image.fromarray(_ramp()).save(tmp_path / "a_good.png")
+    for i in range(3):
+        (tmp_path / f"b_empty{i}.png").write_bytes(b"")
+    ds = build_dataset(DataConfig(source="folder", root=str(tmp_path), bad_item_threshold=0.5), None, (16, 16), False)
+    assert ds[1] is None and ds[2] is None  # two bad of four: 50%, tolerated
+    with pytest.raises(DataError, match="bad_item_threshold"):
+        ds[3]
+
+
+def test_bad_items_are_counted_across_dataloader_workers(tmp_path):
+    for i in range(6):
+        Image.fromarray(_ramp()).save(tmp_path / f"g{i}.png")
+    (tmp_path / "zz_empty.png").write_bytes(b"")
+    ds = build_dataset(DataConfig(source="folder", root=str(tmp_path), bad_item_threshold=0.5), None, (16, 16), False)
+    dl = torch.utils.data.DataLoader(ds, batch_size=7, num_workers=1, collate_fn=collate_skip_bad)
+    batch = next(iter(dl))
+    assert batch["num_bad"] == 1 and [r["reason"] for r in ds.bad_report()] == ["empty file"]
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_dicom_monochrome_single_and_multi_frame(tmp_path, photometric):
+    base = _ramp()
+    frames = np.stack([base // (k + 1) for k in range(5)])
+    _write_dicom(tmp_path / "cine.dcm", frames, photometric, patient="PAT7")
+    _write_dicom(tmp_path / "single.dcm", frames[:1], photometric, bits=12, patient="PAT8")
+    df = scan_folder(str(tmp_path), {"dicom"}, stride=2)
+    cine = df[df["path"].str.endswith("cine.dcm")]
+    assert cine["frame"].tolist() == [0, 2, 4] and set(cine["patient_id"]) == {"PAT7"}
+    for k in (0, 2, 4):
+        v = decode(str(tmp_path / "cine.dcm"), "dicom", k)
+        want = frames[k] / 255.0
+        assert np.allclose(v, 1 - want if photometric == "MONOCHROME1" else want, atol=1e-4)
+    v = decode(str(tmp_path / "single.dcm"), "dicom", 0)
+    want = frames[0] / 4095.0
+    assert np.allclose(v, 1 - want if photometric == "MONOCHROME1" else want, atol=1e-4)
+
+
+def test_dicom_rgb_and_ybr(tmp_path):
+    from pydicom.pixels import convert_color_space
+
+    rgb = np.stack([_ramp(), _ramp()[::-1], np.full((40, 48), 90, np.uint8)], axis=2)
+    _write_dicom(tmp_path / "rgb.dcm", rgb[None], "RGB")
+    _write_dicom(tmp_path / "ybr.dcm", convert_color_space(rgb, "RGB", "YBR_FULL")[None], "YBR_FULL")
+    assert np.allclose(decode(str(tmp_path / "rgb.dcm"), "dicom"), rgb / 255.0, atol=1e-4)
+    assert np.abs(decode(str(tmp_path / "ybr.dcm"), "dicom") - rgb / 255.0).max() < 3 / 255
+
+
+def test_video_frames_with_stride(tmp_path):
+    import av
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for k in range(9):
+            pix = np.repeat((_ramp(48, 64) // 8 + 20 * k + 20)[..., None], 3, axis=2)  # mean 20 k + 35
+            frame = av.VideoFrame.from_ndarray(pix, format="rgb24")
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    cfg = DataConfig(source="video", root=str(tmp_path), frame_stride=3, region="none", task="none")
+    ds = build_dataset(cfg, None, (24, 32), augment=False)
+    assert len(ds) == 3 and len(set(ds.patient_ids)) == 1
+    means = [float(ds[i]["image"].mean()) * 255 for i in range(3)]
+    assert np.allclose(means, [35, 95, 155], atol=6), means
+
+
+def test_manifest_csv_and_parquet_with_labels_and_splits(tmp_path):
+    Image.fromarray(_ramp()).save(tmp_path / "a.png")
+    Image.fromarray(_ramp()[::-1]).save(tmp_path / "b.png")
+    df = pd.DataFrame({"image": ["a.png", "b.png", "a.png", "b.png"], "diagnosis": ["benign", "malignant"] * 2,
+                       "patient": ["p1", "p2", "p3", "p4"], "split": ["train", "train", "val", "test"],
+                       "organ": ["breast", "breast", "liver", "liver"]})
+    df.to_csv(tmp_path / "m.csv", index=False)
+    df.to_parquet(tmp_path / "m.parquet")
+    for name in ("m.csv", "m.parquet"):
+        cfg = DataConfig(source="manifest", manifest=str(tmp_path / name), task="diagnosis")
+        ds = build_dataset(cfg, "train", (16, 16), augment=False)
+        assert ds.class_names == ["benign", "malignant"] and ds.labels.tolist() == [0, 1]
+        assert int(ds[1]["label"]) == 1 and ds[1]["patient_id"] == "p2"
+        assert list(ds.organs) == ["breast", "breast"]
+
+
+def test_ultrabench_layout_with_scan_masks(tmp_path):
+    root = tmp_path / "gbcu_v1.0.0"
+    (root / "images").mkdir(parents=True)
+    (root / "masks" / "scan").mkdir(parents=True)
+    recs = {"train_val": [], "test": []}
+    for i in range(6):
+        img = np.zeros((40, 48), np.uint8)
+        img[5:35, 8 + i: 40] = _ramp()[5:35, 8 + i: 40] + 1
+        Image.fromarray(img).save(root / "images" / f"im{i}.png")
+        Image.fromarray((img > 0).astype(np.uint8)).save(root / "masks" / "scan" / f"im{i}.png")  # 0/1 like UltraBench
+        split = "test" if i >= 4 else "train_val"
+        recs[split].append({"image": f"images/im{i}.png", "scan_mask": f"masks/scan/im{i}.png", "label": i % 3,
+                            "pathology": ["normal", "benign", "malignant"][i % 3], "patient": f"pt{i // 2}"})
+    for k, v in recs.items():
+        (root / f"{k}.json").write_text(json.dumps(v))
+    table = read_ultrabench(str(tmp_path))
+    assert set(table["split"]) == {"train", "val", "test"} and set(table["dataset"]) == {"gbcu"}
+    assert table.groupby("patient_id")["split"].nunique().max() == 1
+    cfg = DataConfig(source="ultrabench", root=str(root), task="label", resize="squash")
+    ds = build_dataset(cfg, "test", (40, 48), augment=False)
+    assert ds.class_names == ["normal", "benign", "malignant"] and len(ds) == 2
+    item = ds[0]
+    want = np.asarray(Image.open(root / "masks" / "scan" / "im4.png")) > 0
+    assert np.array_equal(item["region"].numpy(), want)

@@ -1,0 +1,113 @@
+"""From a DataConfig to a dataset: pick the source, read or generate its table, apply the split, check leakage."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from usjepa.data.dataset import UltrasoundDataset, resolve_labels
+from usjepa.data.errors import DataError
+from usjepa.data.sources import read_manifest, read_ultrabench, scan_folder
+from usjepa.data.splits import SPLITS, check_patient_leakage, make_patient_splits
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("simulate", "folder", "manifest", "dicom", "video", "ultrabench")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("USJEPA_CACHE") or Path.home() / ".cache" / "usjepa")
+
+
+def simulated_root(cfg) -> Path:
+    """The cache folder of the simulated dataset this config describes: sim/<task>-<n>-<seed>[-<options hash>]."""
+    name = f"{cfg.task}-{cfg.num_images}-{cfg.seed}"
+    opts = (cfg.sim_size, cfg.sim_frames_per_patient, cfg.sim_dress)
+    if opts != (256, 4, 0.5):
+        name += "-" + hashlib.sha1(repr(opts).encode()).hexdigest()[:8]
+    return cache_dir() / "sim" / name
+
+
+def _simulated_table(cfg) -> pd.DataFrame:
+    from usjepa.data.simulate import simulate_cached, simulate_dataset
+
+    kw = {"size": cfg.sim_size, "frames_per_patient": cfg.sim_frames_per_patient, "dress_prob": cfg.sim_dress}
+    root = Path(cfg.root) if cfg.root else simulated_root(cfg)
+    manifest = root / "manifest.csv"
+    if not manifest.exists():
+        log.info("simulating %d %s frames (seed %d) into %s", cfg.num_images, cfg.task, cfg.seed, root)
+        if root.exists() and any(root.iterdir()):
+            simulate_dataset(root, cfg.num_images, cfg.task, cfg.seed, **kw)
+        else:
+            simulate_cached(root, cfg.num_images, cfg.task, cfg.seed, **kw)
+    return read_manifest(str(manifest))
+
+
+def load_table(cfg) -> pd.DataFrame:
+    """The full item table (all splits) of the configured source."""
+    src = cfg.source
+    kw = {"stride": cfg.frame_stride, "max_frames": cfg.max_frames}
+    if src == "simulate":
+        return _simulated_table(cfg)
+    if src == "manifest":
+        path = cfg.manifest or (str(Path(cfg.root) / "manifest.csv") if cfg.root else "")
+        if not path:
+            raise DataError("data.source=manifest needs data.manifest (a CSV / Parquet file) or data.root holding "
+                            "manifest.csv")
+        return read_manifest(path, cfg.root if cfg.manifest else "", **kw)
+    if not cfg.root:
+        raise DataError(f"data.source={src} needs data.root (the folder to read)")
+    if src == "ultrabench":
+        return read_ultrabench(cfg.root, seed=cfg.seed)
+    kinds = {"folder": {"image", "dicom", "video"}, "dicom": {"dicom"}, "video": {"video"}}.get(src)
+    if kinds is None:
+        raise DataError(f"unknown data.source '{src}'; use one of {SOURCES}")
+    if Path(cfg.root).is_file():  # a single DICOM / video file
+        from usjepa.data.sources import _expand_frames, _finish
+
+        return _expand_frames(_finish(pd.DataFrame({"path": [cfg.root]}), Path(cfg.root).parent.name), **kw)
+    return scan_folder(cfg.root, kinds, label_from_folder=cfg.task == "folder", patient_regex=cfg.patient_regex,
+                       **kw)
+
+
+def assign_splits(df: pd.DataFrame, cfg, where: str) -> pd.DataFrame:
+    """Keep given splits (after a leakage check); otherwise split labelled data by patient, unlabelled all 'train'."""
+    given = df["split"].astype(str)
+    if (given != "").any():
+        bad = sorted(set(given.unique()) - set(SPLITS) - {""})
+        if bad:
+            raise DataError(f"{where}: split values {bad} are not one of {SPLITS} (also accepted: validation)")
+        has = df["patient_given"].to_numpy(bool) if "patient_given" in df else np.ones(len(df), bool)
+        if has.any():
+            check_patient_leakage(df["patient_id"][has].tolist(), given[has].tolist(), where)
+        return df
+    labelled = any(c in df.columns for c in ("label", "label_name")) or cfg.task in df.columns
+    df = df.copy()
+    if labelled:
+        df["split"] = make_patient_splits(df["patient_id"].tolist(), tuple(cfg.split_fractions), cfg.seed)
+    else:
+        df["split"] = "train"
+    return df
+
+
+def build_dataset(cfg, split: str | None, img_size: tuple[int, int], augment: bool, seed: int = 0
+                  ) -> UltrasoundDataset:
+    """The configured data as a Dataset of one split ('train' / 'val' / 'test', or None for every item)."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got '{split}'")
+    where = cfg.manifest or cfg.root or str(simulated_root(cfg))
+    df = assign_splits(load_table(cfg), cfg, f"data ({cfg.source}: {where})")
+    labels, names, targets = resolve_labels(df, cfg.task)
+    df = df.assign(_label=labels if labels is not None else -1, _target=targets)
+    if split is not None:
+        avail = sorted(df["split"].unique().tolist())
+        df = df[df["split"] == split]
+        if df.empty:
+            raise DataError(f"split '{split}' of {where} is empty (splits present: {avail}); use split=None or add "
+                            "a split column")
+    return UltrasoundDataset(df, cfg, tuple(img_size), augment, seed, cfg.source, names)

@@ -54,6 +54,7 @@ def run_demo(out_dir: str | Path = "runs/demo", size: str = "tiny", compare: boo
     from omegaconf import OmegaConf
 
     from usjepa.config import load_config
+    from teachers.config import TeacherConfig
     from usjepa.data import DataConfig, build_dataset
     from usjepa.eval import load_probe_config, run_probe
     from usjepa.train import run_training
@@ -83,7 +84,7 @@ def run_demo(out_dir: str | Path = "runs/demo", size: str = "tiny", compare: boo
     print(f"[3/5] stage 2: SALT student against the frozen teacher, {student_steps} steps", flush=True)
     salt_cfg = load_config(_pretrain("salt_vit_tiny_sim.yaml"),
                            _stage_overrides(s, out / "salt", data_root, student_steps, seed))
-    OmegaConf.update(salt_cfg, "teacher", {"family": "usjepa", "checkpoint": str(teacher_ckpt)}, merge=False)
+    salt_cfg.teacher = OmegaConf.structured(TeacherConfig(family="usjepa", checkpoint=str(teacher_ckpt)))
     run_training(salt_cfg)
     runs = {"teacher (MAE)": out / "teacher", "SALT student": out / "salt"}
     if compare:

@@ -70,9 +70,11 @@ def sample_crop(rng: np.random.Generator, region: np.ndarray, scale: tuple[float
             continue
         x0, y0 = left + rng.uniform(0, bw - cw), t + rng.uniform(0, bh - ch)
         if min_cover > 0:
-            if integral is None:
-                integral = np.pad(region.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-            ya, yb, xa, xb = int(y0), max(int(y0) + 1, int(y0 + ch)), int(x0), max(int(x0) + 1, int(x0 + cw))
+            if integral is None:  # coverage is a share: a 4x-subsampled integral image is exact enough and 16x cheaper
+                sub = 4 if min(region.shape) >= 128 else 1
+                integral = np.pad(region[::sub, ::sub].astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+            ya, yb = int(y0) // sub, max(int(y0) // sub + 1, int(y0 + ch) // sub)
+            xa, xb = int(x0) // sub, max(int(x0) // sub + 1, int(x0 + cw) // sub)
             cover = integral[yb, xb] - integral[ya, xb] - integral[yb, xa] + integral[ya, xa]
             if cover < min_cover * (yb - ya) * (xb - xa):
                 continue

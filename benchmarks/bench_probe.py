@@ -1,0 +1,125 @@
+"""Probing speed: feature-extraction images/s of frozen ViTs, fit time of a linear-probe grid (many heads at once),
+of the US-JEPA single-head preset, of an attentive probe and of a 1000-resample bootstrap CI. Prints a table and
+writes benchmarks/results/probe.json (+ probe.md). Runs on the GPU when one is present.
+
+    python benchmarks/bench_probe.py            # ViT-T/S at 64 and 224 px, 4000 / 1000 / 1000 probe items
+    python benchmarks/bench_probe.py --quick    # seconds: ViT-T at 64 px, 1000 / 250 / 250 items
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, md_table, timeit, write_json, write_markdown  # noqa: E402
+
+from usjepa.eval.attentive import attentive_probe  # noqa: E402
+from usjepa.eval.encoders import ProbeEncoder, weights_hash  # noqa: E402
+from usjepa.eval.features import encode_images, extract_features  # noqa: E402
+from usjepa.eval.linear import linear_probe  # noqa: E402
+from usjepa.eval.metrics import bootstrap_ci  # noqa: E402
+from usjepa.models import build_vit  # noqa: E402
+
+
+class InMemory(torch.utils.data.Dataset):
+    """Items as the data contract gives them, from a tensor (no decoding: measures the encoder path)."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "region": torch.ones(self.images.shape[-2:], dtype=torch.bool),
+                "label": torch.tensor(i % 4), "target": torch.tensor(0.0), "index": i, "patient_id": str(i)}
+
+
+def extraction(arch: str, size: int, n: int, batch: int, device: torch.device) -> dict:
+    vit = build_vit(arch, img_size=(size, size), patch_size=16 if size >= 128 else 8, in_chans=1).to(device).eval()
+    enc = ProbeEncoder(arch, "student", vit, weights_hash(vit), True)
+    images = torch.rand(n, 1, size, size)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    x = images[:batch].to(device)
+
+    def forward():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            encode_images(enc, x, last_k=1)
+
+    t = timeit(forward, warmup=2, iters=5 if device.type == "cpu" else 20, sync=sync)
+    loop = timeit(lambda: extract_features(enc, InMemory(images), batch_size=batch, device=device), warmup=1, iters=2,
+                  sync=sync)
+    return {"what": f"extract {arch} {size}px", "images_per_s": batch / t["median_s"],
+            "pipeline_images_per_s": n / loop["median_s"], "batch": batch, "params_m": sum(
+                p.numel() for p in vit.parameters()) / 1e6}
+
+
+def probe_fits(n: tuple[int, int, int], dim: int, device: torch.device) -> list[dict]:
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, 0.3, (4, dim))
+
+    def feats(k):
+        y = rng.integers(0, 4, k)
+        x = (means[y] + rng.normal(size=(k, dim))).astype(np.float32)
+        return {"mean/k1": x, "cls/k1": x[:, ::-1].copy(), "mean/k2": np.concatenate([x, x], 1),
+                "cls/k2": np.concatenate([x, x[:, ::-1]], 1)}, y
+
+    tr, va, te = feats(n[0]), feats(n[1]), feats(n[2])
+    out = []
+    grid = timeit(lambda: linear_probe(tr, va, te, device=device), warmup=1, iters=3)
+    out.append({"what": "linear grid: 4 feature sets x 2 lr x 6 wd = 48 heads, 100 epochs, batch 256",
+                "seconds": grid["median_s"], "heads": 48})
+    one = lambda: linear_probe(({"x": tr[0]["mean/k1"]}, tr[1]), ({"x": va[0]["mean/k1"]}, va[1]),  # noqa: E731
+                               ({"x": te[0]["mean/k1"]}, te[1]), lrs=[1e-3], wds=[1e-4], decay="decoupled",
+                               epochs=150, batch_size=32, patience=15, standardize=False, device=device)
+    usj = timeit(one, warmup=0, iters=2)
+    out.append({"what": "US-JEPA preset: 1 head, batch 32, <=150 epochs, patience 15", "seconds": usj["median_s"],
+                "heads": 1})
+    tokens = lambda k: torch.randn(k, 64, dim)  # noqa: E731
+    k_tr, k_va = n[0] // 4, n[1] // 4
+    att = timeit(lambda: attentive_probe((tokens(k_tr), tr[1][:k_tr]), (tokens(k_va), va[1][:k_va]), None,
+                                         lrs=[1e-2, 1e-3], wds=[0.01], epochs=10, device=device), warmup=0, iters=1)
+    out.append({"what": f"attentive: 2 heads, 10 epochs, {n[0] // 4} items x 64 tokens", "seconds": att["median_s"],
+                "heads": 2})
+    y = rng.integers(0, 4, n[2])
+    preds = np.stack([np.where(rng.random(n[2]) < 0.7, y, rng.integers(0, 4, n[2])) for _ in range(5)])
+    ci = timeit(lambda: bootstrap_ci(y, preds, "macro_f1", 4, n_boot=1000), warmup=1, iters=3)
+    out.append({"what": f"bootstrap CI: 1000 resamples x 5 seeds x {n[2]} test items", "seconds": ci["median_s"],
+                "heads": 0})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.quick:
+        cases, n, dim = [("vit_tiny", 64, 128, 64)], (1000, 250, 250), 192
+    else:
+        cases = [("vit_tiny", 64, 512, 128), ("vit_tiny", 224, 256, 64), ("vit_small", 224, 256, 64)]
+        n, dim = (4000, 1000, 1000), 384
+        if device.type == "cuda":
+            cases = [(a, s, 4096, 256) for a, s, _, _ in cases] + [("vit_base", 224, 4096, 256)]
+    ext = [extraction(a, s, k, b, device) for a, s, k, b in cases]
+    fits = probe_fits(n, dim, device)
+    payload = {"machine": machine(), "device": str(device), "quick": args.quick, "extraction": ext, "fits": fits,
+               "probe_items": list(n), "feature_dim": dim}
+    path = write_json("probe", payload)
+    md = ["# probe", "", f"Device: {device}. Feature extraction (forward only, and the whole extract_features path "
+          "on in-memory images):", "", md_table(ext, ["what", "images_per_s", "pipeline_images_per_s", "batch",
+                                                     "params_m"]), "",
+          f"Probe fits on cached features ({n[0]} / {n[1]} / {n[2]} items, width {dim}):", "",
+          md_table(fits, ["what", "seconds"]), ""]
+    write_markdown("probe", "\n".join(md))
+    print("\n".join(md))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

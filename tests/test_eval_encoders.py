@@ -1,0 +1,83 @@
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from usjepa.eval.config import EncoderSpec
+from usjepa.eval.encoders import build_probe_encoder
+from usjepa.models import build_vit, export_encoder
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small probe workloads run fastest on one thread, above all on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+TINY = dict(arch="vit_tiny", embed_dim=64, depth=2, num_heads=2, img_size=[32, 32], patch_size=8, in_chans=1,
+            cls_token=True)
+
+
+def _export(path, seed=0):
+    torch.manual_seed(seed)
+    vit = build_vit(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in TINY.items()})
+    return export_encoder(vit, path, dict(TINY))
+
+
+def _spec(**kw):
+    return OmegaConf.merge(OmegaConf.structured(EncoderSpec), kw)
+
+
+def test_identity_follows_the_weights_not_the_file(tmp_path):
+    a = build_probe_encoder("a", _spec(path=str(_export(tmp_path / "a.safetensors"))))
+    b = build_probe_encoder("b", _spec(path=str(_export(tmp_path / "copy.safetensors"))))
+    c = build_probe_encoder("c", _spec(path=str(_export(tmp_path / "c.safetensors", seed=1))))
+    assert a.identity == b.identity != c.identity
+    assert a.has_cls and a.use_intermediate and not any(p.requires_grad for p in a.module.parameters())
+    assert not a.module.training
+
+
+def test_random_init_copies_the_architecture_with_fresh_seeded_weights(tmp_path):
+    specs = {"student": _spec(path=str(_export(tmp_path / "s.safetensors"))),
+             "floor": _spec(kind="random", like="student", seed=0),
+             "floor2": _spec(kind="random", like="student", seed=1)}
+    s = build_probe_encoder("student", specs["student"], specs)
+    r = build_probe_encoder("floor", specs["floor"], specs)
+    again = build_probe_encoder("floor", specs["floor"], specs)
+    other = build_probe_encoder("floor2", specs["floor2"], specs)
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
+    assert shapes(r.module) == shapes(s.module)
+    torch.testing.assert_close(r.module.input_mean, s.module.input_mean)
+    assert r.identity == again.identity and len({s.identity, r.identity, other.identity}) == 3
+    x = torch.rand(2, 1, 32, 32)
+    assert r.module(x).shape == s.module(x).shape == (2, 16, 64)
+
+
+def test_random_like_a_missing_name_or_a_cycle_is_explained(tmp_path):
+    with pytest.raises(ValueError, match="neither an encoder of this config"):
+        build_probe_encoder("r", _spec(kind="random", like="nope"), {"r": _spec(kind="random", like="nope")})
+    specs = {"a": _spec(kind="random", like="b"), "b": _spec(kind="random", like="a")}
+    with pytest.raises(ValueError, match="cycle"):
+        build_probe_encoder("a", specs["a"], specs)
+
+
+def test_timm_models_follow_the_encoder_contract():
+    spec = _spec(kind="timm", timm_model="vit_tiny_patch16_224",
+                 timm_options=dict(img_size=32, patch_size=8, depth=2, in_chans=3))
+    enc = build_probe_encoder("timm", spec)
+    x = torch.rand(2, 1, 32, 32)  # grayscale in: the adapter makes 3 channels and normalises
+    tokens = enc.module(x)
+    assert tokens.shape == (2, 16, enc.module.embed_dim) and enc.module.patch_size == 8
+    layers = enc.module.get_intermediate_layers(x, n=2)
+    assert len(layers) == 2 and layers[-1][1].shape == (2, enc.module.embed_dim)
+    torch.testing.assert_close(layers[-1][0], tokens)  # the last block, normed, is what forward gives
+
+
+def test_teacher_zoo_specs_are_probed_through_their_own_output(tmp_path):
+    opts = dict(depth=2, img_size=[32, 32], in_chans=1, embed_dim=64, num_heads=2, seed=3)
+    final = build_probe_encoder("t", _spec(kind="teacher", teacher=dict(family="random", patch_size=8, options=opts)))
+    assert final.use_intermediate  # its output is the last block: CLS and last-k are available
+    inner = build_probe_encoder("t", _spec(kind="teacher", teacher=dict(family="random", patch_size=8, layer=0,
+                                                                        options=opts)))
+    assert not inner.use_intermediate and inner.identity != final.identity

@@ -1,0 +1,181 @@
+"""Building the encoders a probe run compares: usjepa checkpoints, teacher-zoo specs, timm models, random init.
+
+Every encoder obeys the package's encoder contract (`embed_dim`, `patch_size`, `forward(images) -> [B, N, D]`
+patch tokens from [0, 1] images). Each gets an identity hash of its weights, buffers and spec, which keys
+the feature cache: the same weights give the same cached features whatever file they came from.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ProbeEncoder:
+    """A frozen encoder ready for feature extraction."""
+
+    name: str
+    kind: str
+    module: nn.Module
+    identity: str  # hex digest: weights + buffers + spec
+    use_intermediate: bool  # features from get_intermediate_layers (CLS, last-k); False: forward() only
+
+    @property
+    def has_cls(self) -> bool:
+        return self.use_intermediate and int(getattr(self.module, "num_prefix_tokens", 0) or 0) > 0
+
+
+def weights_hash(module: nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes): the identity of a network's function."""
+    h = hashlib.sha256()
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    for name, t in sorted(tensors, key=lambda kv: kv[0]):
+        t = t.detach().cpu().contiguous()
+        if t.dtype == torch.bool:
+            t = t.to(torch.uint8)
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class TimmEncoder(nn.Module):
+    """A timm ViT-style model behind the encoder contract: [0, 1] images in, prefix-free patch tokens out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.embed_dim = int(getattr(model, "embed_dim", 0) or model.num_features)
+        ps = getattr(getattr(model, "patch_embed", None), "patch_size", 16)
+        self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+        self.has_class_token = bool(getattr(model, "has_class_token", self.num_prefix_tokens > 0))
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        self.in_chans = int(getattr(getattr(model, "patch_embed", None), "proj", nn.Conv2d(3, 1, 1)).in_channels)
+        mean = cfg.get("mean", IMAGENET_MEAN)
+        std = cfg.get("std", IMAGENET_STD)
+        self.register_buffer("input_mean", torch.tensor(mean[: self.in_chans]).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std[: self.in_chans]).view(1, -1, 1, 1), persistent=False)
+
+    def prepare(self, images: Tensor) -> Tensor:
+        c = images.shape[1]
+        if c != self.in_chans:
+            images = images.expand(-1, self.in_chans, -1, -1) if c == 1 else images.mean(1, keepdim=True)
+        return (images - self.input_mean) / self.input_std
+
+    def forward(self, images: Tensor, keep: Tensor | None = None) -> Tensor:
+        x = self.model.forward_features(self.prepare(images))  # [B, P + N, D]
+        x = x[:, self.num_prefix_tokens:]
+        if keep is not None:
+            x = torch.gather(x, 1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return x
+
+    def get_intermediate_layers(self, images: Tensor, n: int = 1) -> list[tuple[Tensor, Tensor | None]]:
+        """(patch tokens [B, N, D], cls [B, D] or None) of the last n blocks, each through the final norm."""
+        feats = self.model.forward_intermediates(self.prepare(images), indices=n, norm=True, output_fmt="NLC",
+                                                 return_prefix_tokens=True, intermediates_only=True)
+        out = []
+        for tokens, prefix in feats:
+            cls = prefix[:, 0] if (self.has_class_token and prefix is not None and prefix.shape[1]) else None
+            out.append((tokens, cls))
+        return out
+
+
+def _random_like(module: nn.Module, seed: int) -> nn.Module:
+    """The same architecture, freshly initialised from `seed` (the random-init reference floor)."""
+    from usjepa.models.vit import VisionTransformer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        if isinstance(module, VisionTransformer):
+            mlp_ratio = module.blocks[0].mlp.fc1.out_features / module.embed_dim
+            return VisionTransformer(
+                img_size=module.img_size, patch_size=module.patch_size, in_chans=module.in_chans,
+                embed_dim=module.embed_dim, depth=module.depth, num_heads=module.num_heads, mlp_ratio=mlp_ratio,
+                cls_token=bool(module.num_prefix_tokens), norm_mean=module.input_mean.flatten().tolist(),
+                norm_std=module.input_std.flatten().tolist())
+        fresh = copy.deepcopy(module)
+        n = 0
+        for m in fresh.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+                n += 1
+        if n == 0:
+            raise ValueError(f"cannot re-initialise a {type(module).__name__}: none of its modules has "
+                             "reset_parameters(); point `like` at a usjepa checkpoint instead")
+        return fresh
+
+
+def _spec_dict(spec) -> dict:
+    return OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+
+
+def _build_module(name: str, spec, specs, stack: tuple[str, ...]) -> tuple[nn.Module, bool]:
+    kind = spec.kind
+    if kind in ("student", "mae"):
+        from usjepa.models import load_encoder_checkpoint
+
+        return load_encoder_checkpoint(spec.path, which=spec.which), True
+    if kind == "teacher":
+        import teachers
+
+        t = spec.teacher
+        # last-k / CLS features only when the teacher's output is its final block; else its own choice stands
+        return teachers.load_spec(t), (t.layer in (-1, None) and t.mean_last_k == 1)
+    if kind == "timm":
+        import timm
+
+        opts = dict(_spec_dict(spec.timm_options)) if spec.timm_options else {}
+        model = timm.create_model(spec.timm_model, pretrained=False, num_classes=0,
+                                  checkpoint_path=spec.path or "", **opts)
+        return TimmEncoder(model), True
+    if kind == "random":
+        like = spec.like
+        if like in specs:
+            if like in stack:
+                raise ValueError(f"encoders.{name}.like forms a cycle: {' -> '.join(stack + (like,))}")
+            base, inter = _build_module(like, specs[like], specs, stack + (like,))
+        elif Path(like).exists():
+            from usjepa.models import load_encoder_checkpoint
+
+            base, inter = load_encoder_checkpoint(like), True
+        else:
+            raise ValueError(f"encoders.{name}.like='{like}' is neither an encoder of this config "
+                             f"({', '.join(specs)}) nor an existing checkpoint file")
+        return _random_like(base, spec.seed), inter
+    raise ValueError(f"encoders.{name}.kind='{kind}' is not one of student, mae, teacher, timm, random")
+
+
+def build_probe_encoder(name: str, spec, specs: dict | None = None, device: str | torch.device = "cpu") -> ProbeEncoder:
+    """Build, freeze and fingerprint the encoder `name` of a probe config (`specs` resolves `like`)."""
+    specs = specs if specs is not None else {name: spec}
+    module, inter = _build_module(name, spec, specs, (name,))
+    module = module.eval().requires_grad_(False).to(device)
+    for attr in ("embed_dim", "patch_size"):
+        if not hasattr(module, attr):
+            raise TypeError(f"encoder '{name}' ({type(module).__name__}) lacks `{attr}`; it does not follow the "
+                            "encoder contract")
+    inter = inter and hasattr(module, "get_intermediate_layers")
+    sd = _spec_dict(spec)
+    ident = {k: sd.get(k) for k in ("kind", "which", "timm_model")}
+    if spec.kind == "teacher":  # layer / pooling options change the output without changing the weights
+        ident["teacher"] = {k: v for k, v in sd["teacher"].items() if k not in ("checkpoint", "cache")}
+    h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode())
+    h.update(type(module).__name__.encode())
+    h.update(weights_hash(module).encode())
+    log.info("encoder %s: %s %s, embed_dim %d, patch %d, id %s", name, spec.kind, type(module).__name__,
+             module.embed_dim, module.patch_size, h.hexdigest()[:12])
+    return ProbeEncoder(name, spec.kind, module, h.hexdigest(), inter)

@@ -101,7 +101,8 @@ class TrainJob(Checkpointable):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.config["train"]["out_dir"])
+        train = self.config.get("train")
+        return Path(train["out_dir"] if train else self.config["out_dir"])
 
     def typed_config(self) -> Any:
         from usjepa.config import from_dict

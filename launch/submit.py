@@ -57,10 +57,33 @@ def launch_overrides(path: str | Path) -> list[str]:
     return [f"launch.{k}={json.dumps(v)}" for k, v in data["launch"].items()]
 
 
+PROBE_ENTRY = "usjepa.eval.benchmark:run_probe"
+PROBE_SCHEMA = "usjepa.eval.config:ProbeRunConfig"
+
+
+def is_probe_config(config: str | Path) -> bool:
+    """A probe suite (encoders x datasets) rather than a pretraining config."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(OmegaConf.load(config)) or {}
+    return isinstance(data, dict) and ("encoders" in data or "datasets" in data)
+
+
+def run_folder(cfg: DictConfig) -> Path:
+    """The run folder of a pretraining (`train.out_dir`) or probe (`out_dir`) config."""
+    return Path(cfg.train.out_dir) if "train" in cfg else Path(cfg.out_dir)
+
+
 def resolve_run_config(config: str | Path, overrides: list[str] | tuple[str, ...] = (),
                        launch_file: str | Path | None = None) -> DictConfig:
-    """load_config with a launch preset under the CLI overrides, and an absolute run folder."""
+    """load_config (or load_probe_config) with a launch preset under the CLI overrides, and an absolute run folder."""
     pre = launch_overrides(launch_file) if launch_file else []
+    if is_probe_config(config):
+        from usjepa.eval.config import load_probe_config
+
+        cfg = load_probe_config(config, [*pre, *overrides])
+        cfg.out_dir = str(Path(cfg.out_dir).expanduser().absolute())
+        return cfg
     cfg = load_config(config, [*pre, *overrides])
     cfg.train.out_dir = str(Path(cfg.train.out_dir).expanduser().absolute())
     return cfg
@@ -107,7 +130,7 @@ def active_job(run_dir: Path) -> tuple[str, str] | None:
 def submit_run(cfg: DictConfig, cluster: str | None = None, dry_run: bool = False) -> Submission:
     """Submit one resolved config as one job (or print what would be submitted)."""
     cluster = cluster or cfg.launch.cluster
-    run_dir = Path(cfg.train.out_dir)
+    run_dir = run_folder(cfg)
     job_name = cfg.launch.job_name or job_name_for(run_dir)
     folder = run_dir / SUBMITIT_DIR
     if dry_run:
@@ -118,7 +141,9 @@ def submit_run(cfg: DictConfig, cluster: str | None = None, dry_run: bool = Fals
         raise ConfigError(f"run folder '{run_dir}' already has SLURM job {busy[0]} ({busy[1]}); wait for it, "
                           f"or `scancel {busy[0]}` before submitting again")
     submission_id = uuid.uuid4().hex[:12]
-    fn = TrainJob(to_dict(cfg), cfg.launch.max_requeues, submission_id)
+    probe = "train" not in cfg
+    fn = TrainJob(to_dict(cfg), cfg.launch.max_requeues, submission_id,
+                  **(dict(entry=PROBE_ENTRY, schema=PROBE_SCHEMA) if probe else {}))
     if cluster == "debug":
         check_launch(cfg.launch, cluster)
         save_run_config(cfg, run_dir)

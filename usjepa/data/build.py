@@ -28,6 +28,8 @@ def simulated_root(cfg) -> Path:
     """The cache folder of the simulated dataset this config describes: sim/<task>-<n>-<seed>[-<options hash>]."""
     name = f"{cfg.task}-{cfg.num_images}-{cfg.seed}"
     opts = (cfg.sim_size, cfg.sim_frames_per_patient, cfg.sim_dress)
+    if cfg.sim_probe or cfg.sim_organ:
+        opts += (cfg.sim_probe, cfg.sim_organ)
     if opts != (256, 4, 0.5):
         name += "-" + hashlib.sha1(repr(opts).encode()).hexdigest()[:8]
     return cache_dir() / "sim" / name
@@ -36,7 +38,8 @@ def simulated_root(cfg) -> Path:
 def _simulated_table(cfg) -> pd.DataFrame:
     from usjepa.data.simulate import simulate_cached, simulate_dataset
 
-    kw = {"size": cfg.sim_size, "frames_per_patient": cfg.sim_frames_per_patient, "dress_prob": cfg.sim_dress}
+    kw = {"size": cfg.sim_size, "frames_per_patient": cfg.sim_frames_per_patient, "dress_prob": cfg.sim_dress,
+          "probe": cfg.sim_probe or None, "organ": cfg.sim_organ or None}
     root = Path(cfg.root) if cfg.root else simulated_root(cfg)
     manifest = root / "manifest.csv"
     if not manifest.exists():

@@ -39,3 +39,5 @@ class DataConfig:
     sim_size: int = 256
     sim_frames_per_patient: int = 4
     sim_dress: float = 0.5  # share of simulated patients with scanner overlays
+    sim_probe: str = ""  # linear / curvilinear / phased; "" = a mix
+    sim_organ: str = ""  # liver / kidney / muscle / breast; "" = a mix

@@ -98,7 +98,7 @@ def _assign(rng: np.random.Generator, names: tuple, n: int, probs: tuple | None)
 def simulate_dataset(out_dir: str | os.PathLike, n: int, task: str = "lesion", seed: int = 0, size: int = 256,
                      frames_per_patient: int = 4, probe: str | None = None, dress_prob: float = 0.5,
                      split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), workers: int = 1,
-                     progress: bool = False) -> Path:
+                     progress: bool = False, organ: str | None = None) -> Path:
     """Write n simulated frames + fan masks + manifest.csv into out_dir; deterministic in (n, task, seed, options).
 
     The manifest is written last (temp file + rename), so a directory with a manifest is complete. An existing
@@ -106,6 +106,8 @@ def simulate_dataset(out_dir: str | os.PathLike, n: int, task: str = "lesion", s
     """
     if task not in TASKS:
         raise ValueError(f"unknown simulator task '{task}'; use one of {sorted(TASKS)}")
+    if organ is not None and organ not in ORGANS:
+        raise ValueError(f"unknown organ '{organ}'; use one of {ORGANS} (or leave it unset for a mix)")
     if probe is not None and probe not in PROBES:
         raise ValueError(f"unknown probe '{probe}'; use one of {PROBES} (or leave it unset for a mix)")
     if n < 1 or frames_per_patient < 1:
@@ -120,6 +122,8 @@ def simulate_dataset(out_dir: str | os.PathLike, n: int, task: str = "lesion", s
     rng = np.random.default_rng([seed, 0xC1A55])
     lesions = _assign(rng, LESIONS, n_pat, None if task == "lesion" else _IMBALANCED_LESIONS)
     organs = _assign(rng, ORGANS, n_pat, None if task == "organ" else _IMBALANCED_ORGANS)
+    if organ is not None:  # one tissue type: less nuisance variation around the lesion task
+        organs = [organ] * n_pat
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     jobs = [(seed, p, frames[p], task, lesions[p], organs[p], hw, probe, dress_prob, out / "images", out / "masks")

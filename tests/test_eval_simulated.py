@@ -1,5 +1,7 @@
 """Probes on the simulated ultrasound tasks (slow: they simulate data, and the last one trains the demo)."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -53,13 +55,30 @@ def test_probe_matches_tuned_sklearn_on_simulated_lesion_features(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="at the tiny demo scale (64 px, 640 frames, 300 + 500 steps) the SALT student "
-                   "did not beat the random-init floor on the simulated lesion task when measured (13.1 vs 31.7 "
-                   "macro-F1, 96 test frames); the demo recipe needs more data or steps")
+def test_demo_runs_every_stage_and_reports_what_it_measured(tmp_path):
+    """A shortened demo: every stage runs, and the table holds every encoder x task with ordered CIs."""
+    from usjepa.demo import run_demo
+
+    out = run_demo(tmp_path / "demo", size="tiny", scale=0.06)
+    df = pd.read_csv(out / "probe" / "results.csv")
+    full = df[(df["probe"] == "linear") & (df["setting"] == "full")]
+    assert set(full["encoder"]) == {"random_init", "mae_teacher", "salt_student"}
+    assert set(full["task"]) == {"lesion", "organ", "lesion_size"}
+    assert ((full["ci_low"] <= full["mean"] + 1e-9) & (full["mean"] <= full["ci_high"] + 1e-9)).all()
+    for name in ("loss_curves.png", "README.md", "probe/results.png", "probe/results.md"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "salt" / "metrics.csv").read_text().count("\n") > 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("USJEPA_DEMO_QUALITY") != "1",
+                    reason="the full demo (~10 min on 2 cores) is opt-in: set USJEPA_DEMO_QUALITY=1. At the tiny "
+                           "CPU scale the SALT student has not beaten the random-init floor on the lesion task "
+                           "(see the README's demo section); a GPU run with --size small is the real check")
 def test_demo_salt_student_beats_random_init_by_more_than_the_ci_width(tmp_path):
     from usjepa.demo import run_demo
 
-    out = run_demo(tmp_path / "demo", size="tiny")
+    out = run_demo(tmp_path / "demo", size=os.environ.get("USJEPA_DEMO_SIZE", "tiny"))
     df = pd.read_csv(out / "probe" / "results.csv")
     rows = df[(df["task"] == "lesion") & (df["probe"] == "linear") & (df["setting"] == "full")].set_index("encoder")
     student, floor = rows.loc["salt_student"], rows.loc["random_init"]

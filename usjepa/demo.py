@@ -26,7 +26,7 @@ SIZES = {
                  predictor=["predictor.depth=2", "predictor.embed_dim=96", "predictor.num_heads=4"],
                  decoder=["objective.mae.decoder_dim=96", "objective.mae.decoder_depth=2",
                           "objective.mae.decoder_heads=4"],
-                 images=640, batch=32, mae_steps=300, student_steps=500, img=64, workers=1),
+                 images=960, batch=32, mae_steps=300, student_steps=500, img=64, workers=1),
     "small": dict(model=["model.arch=vit_small", "model.depth=0", "model.patch_size=16", "model.img_size=[224,224]"],
                   predictor=["predictor.depth=6", "predictor.embed_dim=384", "predictor.num_heads=12"],
                   decoder=["objective.mae.decoder_dim=256", "objective.mae.decoder_depth=4",
@@ -53,8 +53,8 @@ def run_demo(out_dir: str | Path = "runs/demo", size: str = "tiny", compare: boo
     """Run every stage into `out_dir` (each stage resumes if its folder already holds a finished run)."""
     from omegaconf import OmegaConf
 
-    from usjepa.config import load_config
     from teachers.config import TeacherConfig
+    from usjepa.config import load_config
     from usjepa.data import DataConfig, build_dataset
     from usjepa.eval import load_probe_config, run_probe
     from usjepa.train import run_training
@@ -111,7 +111,7 @@ def run_demo(out_dir: str | Path = "runs/demo", size: str = "tiny", compare: boo
             "organ": {"data": {**data, "task": "organ"}},
             "lesion_size": {"data": {**data, "task": "size"}, "label_kind": "regression"},
         },
-        "protocol": {"preset": "grid", "img_size": [s["img"], s["img"]], "seeds": [0, 1, 2], "pooling": ["mean"],
+        "protocol": {"preset": "grid", "img_size": [s["img"], s["img"]], "seeds": [0, 1, 2], "pooling": ["mean", "cls"],
                      "last_k": [1], "bootstrap": 1000},
         "batch_size": 128,
     }

@@ -6,14 +6,7 @@ from usjepa.eval.config import EncoderSpec
 from usjepa.eval.encoders import build_probe_encoder
 from usjepa.models import build_vit, export_encoder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small probe workloads run fastest on one thread, above all on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small probe workloads: one thread is fastest
 
 TINY = dict(arch="vit_tiny", embed_dim=64, depth=2, num_heads=2, img_size=[32, 32], patch_size=8, in_chans=1,
             cls_token=True)

@@ -6,14 +6,7 @@ from torch import nn
 from usjepa.eval.encoders import ProbeEncoder, weights_hash
 from usjepa.eval.features import cache_path, extract_features
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small probe workloads run fastest on one thread, above all on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small probe workloads: one thread is fastest
 
 
 class PatchMeanEncoder(nn.Module):

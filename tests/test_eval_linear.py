@@ -7,14 +7,7 @@ from sklearn.preprocessing import StandardScaler
 
 from usjepa.eval import linear_probe, regression_probe
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small probe workloads run fastest on one thread, above all on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small probe workloads: one thread is fastest
 
 
 def gaussian_task(seed: int, n=(800, 1500, 4000), classes=4, dim=64, sep=0.35):

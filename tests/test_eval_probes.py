@@ -8,14 +8,7 @@ from torch import nn
 from usjepa.eval import attentive_probe, knn_probe, linear_probe, quick_linear_probe
 from usjepa.eval.attentive import AttentivePooler
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small probe workloads run fastest on one thread, above all on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small probe workloads: one thread is fastest
 
 
 def test_token_space_cross_attention_equals_multihead_attention():

@@ -16,13 +16,7 @@ from usjepa.eval import extract_features, linear_probe
 from usjepa.eval.encoders import ProbeEncoder, weights_hash
 from usjepa.models import build_vit
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small probe workloads: one thread is fastest
 
 
 def _sklearn_tuned_on_val(train, val, test):

@@ -219,3 +219,31 @@ def test_salt_from_cached_targets_matches_live_teacher(tmp_path, sim_root):
     with pytest.raises(Exception, match="teacher"):
         run_training(_cfg("salt", tmp_path / "other", sim_root, "train.steps=1", "data.augment=false",
                           f"teacher.cache={cache}", "teacher.options.seed=7"))
+
+
+def test_region_conditioned_run_uses_the_simulator_fan_masks(tmp_path, sim_root, monkeypatch):
+    """USrc-JEPA: every context and target patch of every batch lies inside the item's fan."""
+    import usjepa.masks.collator as collator_mod
+
+    seen, outside = [], []
+    real_call = collator_mod.MaskCollator.__call__
+
+    def spy(self, items):
+        batch = real_call(self, items)
+        valid = collator_mod.patch_validity(batch["region"], self.patch_size, self.min_fraction).flatten(1)
+        outside.append(bool((~valid).any()))  # the fans leave patches out: the check below is not vacuous
+        for m in batch["masks"]:
+            for idx, ok in ((m.context, m.context_valid), (m.targets.flatten(1), None if m.targets_valid is None
+                                                              else m.targets_valid.flatten(1))):
+                inside = torch.gather(valid, 1, idx)
+                seen.append(bool(inside[ok].all()) if ok is not None else bool(inside.all()))
+        return batch
+
+    monkeypatch.setattr(collator_mod.MaskCollator, "__call__", spy)
+    cfg = load_config("configs/pretrain/usjepa_vit_tiny_sim.yaml",
+                      [f"train.out_dir={tmp_path / 'run'}", f"data.root={sim_root}", "data.num_images=96",
+                       "data.batch_size=16", "train.progress=false", "train.steps=3", "train.log_every=1"])
+    assert cfg.mask.region.enabled
+    run_training(cfg)
+    assert seen and all(seen) and any(outside)
+    assert len(_losses(tmp_path / "run")) == 3

@@ -82,3 +82,18 @@ def link_logs(run_dir: Path, stdout: Path, stderr: Path) -> None:
             link.symlink_to(rel)
         except OSError:  # file systems without symlinks: launch.json still names the files
             pass
+
+
+def read_yaml_file(path: str | Path, what: str, examples: str) -> object:
+    """A YAML file's plain content; a missing or unparsable file is a ConfigError naming it."""
+    from omegaconf import OmegaConf
+
+    from usjepa.config import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} '{path}' not found; see {examples} for examples")
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as e:  # YAML syntax errors carry the line
+        raise ConfigError(f"cannot parse {what} '{path}': {e}") from None

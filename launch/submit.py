@@ -19,7 +19,7 @@ from submitit.slurm.slurm import SlurmJob
 
 from launch.executor import InProcessJob, check_launch, job_name_for, make_executor, render_sbatch
 from launch.job import TrainJob
-from launch.runfiles import LAUNCH_FILE, SUBMITIT_DIR, read_json, write_launch_record
+from launch.runfiles import LAUNCH_FILE, SUBMITIT_DIR, read_json, read_yaml_file, write_launch_record
 from usjepa.config import ConfigError, load_config, save_run_config, to_dict
 
 logger = logging.getLogger(__name__)
@@ -44,13 +44,7 @@ class Submission:
 
 def launch_overrides(path: str | Path) -> list[str]:
     """A launch preset file (`launch:` mapping, see configs/launch/) as `launch.key=value` overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"launch file '{path}' not found; see configs/launch/ for examples")
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as e:
-        raise ConfigError(f"cannot parse launch file '{path}': {e}") from None
+    data = read_yaml_file(path, "launch file", "configs/launch/")
     if not isinstance(data, dict) or set(data) != {"launch"} or not isinstance(data["launch"], dict):
         raise ConfigError(f"launch file '{path}' must hold exactly one top-level mapping `launch:`")
     # JSON is valid YAML flow syntax: empty strings, lists and mappings survive the dotlist round trip
@@ -63,7 +57,6 @@ PROBE_SCHEMA = "usjepa.eval.config:ProbeRunConfig"
 
 def is_probe_config(config: str | Path) -> bool:
     """A probe suite (encoders x datasets) rather than a pretraining config."""
-    from omegaconf import OmegaConf
 
     data = OmegaConf.to_container(OmegaConf.load(config)) or {}
     return isinstance(data, dict) and ("encoders" in data or "datasets" in data)

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from launch.executor import InProcessJob, check_launch, job_name_for, make_executor, render_sbatch
 from launch.job import TrainJob
-from launch.runfiles import STATUS_FILE, SUBMITIT_DIR, SWEEP_FILE, atomic_write_json, read_json
+from launch.runfiles import STATUS_FILE, SUBMITIT_DIR, SWEEP_FILE, atomic_write_json, read_json, read_yaml_file
 from launch.submit import Submission, _record, active_job, launch_overrides
 from usjepa.config import ConfigError, load_config, save_run_config, to_dict
 
@@ -108,12 +108,7 @@ def _normalise_run(item: Any, i: int, where: str) -> list[str]:
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and check a sweep file; members are named but not yet validated against the config schema."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file '{path}' not found; see configs/sweep/ for an example")
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as e:
-        raise ConfigError(f"cannot parse sweep file '{path}': {e}") from None
+    data = read_yaml_file(path, "sweep file", "configs/sweep/")
     if not isinstance(data, dict):
         raise ConfigError(f"sweep file '{path}' must be a mapping with keys {', '.join(SWEEP_KEYS)}")
     for k in data:

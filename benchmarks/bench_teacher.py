@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--pred-dim", type=int, default=384)
     ap.add_argument("--pred-depth", type=int, default=12)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "teacher.json"))
+    results = Path(os.environ.get("USJEPA_BENCH_RESULTS") or Path(__file__).parent / "results")
+    ap.add_argument("--out", default=str(results / "teacher.json"))
     args = ap.parse_args(argv)
     if args.quick:
         args.arch, args.img, args.batch, args.items, args.steps = "vit_tiny", 64, 8, 64, 3

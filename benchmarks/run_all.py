@@ -53,6 +53,9 @@ def summary(results: Path) -> str:
         body = md.read_text().strip() if md.exists() else "```json\n" + json.dumps(data, indent=1)[:3000] + "\n```"
         body = body.replace("\n# ", "\n### ").replace("# ", "## ", 1) if body.startswith("# ") else body
         parts += [body, ""]
+    notes = HERE / "NOTES.md"
+    if notes.exists():  # the hand-written reading of the numbers (targets met or missed, and why)
+        parts += [notes.read_text().strip(), ""]
     if machine:
         parts += ["## Machine and versions", "", "```", json.dumps(machine, indent=2), "```", ""]
     return "\n".join(parts)

@@ -159,12 +159,6 @@ class PretrainConfig:
 # ----------------------------------------------------------------------------- loading
 
 
-def _keys_of(schema_node: Any) -> list[str]:
-    if isinstance(schema_node, DictConfig):
-        return [str(k) for k in schema_node.keys()]
-    return []
-
-
 def _all_dotted_keys(node: Any, prefix: str = "") -> list[str]:
     out = []
     if isinstance(node, DictConfig):
@@ -406,13 +400,13 @@ def from_dict(d: dict, schema: type = PretrainConfig) -> DictConfig:
 def reference_markdown(schema: type = PretrainConfig) -> str:
     """The configuration reference table (README), generated from the schemas so it cannot drift."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    comments = _field_comments()
+    comments = _field_comments(schema)
     for key, typ, default in schema_fields(schema):
         rows.append(f"| `{key}` | {typ} | `{default!r}` | {comments.get(key, '')} |")
     return "\n".join(rows) + "\n"
 
 
-def _field_comments() -> dict[str, str]:
+def _field_comments(root: type) -> dict[str, str]:
     """Trailing `# comments` of dataclass fields, keyed by dotted config key."""
     import inspect
     import re
@@ -432,12 +426,8 @@ def _field_comments() -> dict[str, str]:
             elif f.name in notes:
                 out[f"{prefix}{f.name}"] = notes[f.name].replace("|", "/")
 
-    walk(schema_root(), "")
+    walk(root, "")
     return out
-
-
-def schema_root() -> type:
-    return PretrainConfig
 
 
 def schema_fields(schema: type = PretrainConfig, prefix: str = "") -> list[tuple[str, str, Any]]:

@@ -15,6 +15,7 @@ class TeacherConfig:
     layer: int = -1  # block whose output is the target (-1 = last)
     mean_last_k: int = 1  # average the outputs of the last k blocks
     final_norm: bool = True  # apply the encoder's final norm to the chosen layer
+    precision: str = "auto"  # auto (bf16 where the GPU / CPU has bf16 units) | bf16 | fp32; targets are float32
     cache: str = ""  # directory of precomputed targets (usjepa teacher cache); "" = run the teacher live
     # family options (which, drop, prefixes, num_heads, native_grid, seed, img_size, ...) and grid_resample
     options: dict = field(default_factory=dict)

@@ -3,8 +3,10 @@
 It takes images in [0, 1] with 1 or 3 channels at any size that is a multiple of its patch, converts
 channels, normalises with its preset, and returns patch tokens (prefix tokens removed) from the chosen
 layer or the mean of the last k layers, optionally through the final norm. It stays in eval mode
-whatever `.train()` says, none of its parameters requires grad, and it runs under no_grad (bf16
-autocast on CUDA), so a student's backward pass can never reach it.
+whatever `.train()` says, none of its parameters requires grad, and it runs under no_grad, so a student's
+backward pass can never reach it. `precision="auto"` runs it under bf16 autocast wherever the device has bf16
+units (CUDA GPUs with bf16, CPUs with AVX512-BF16 / AMX): a frozen teacher needs no fp32 master weights, and its
+targets come back as float32 either way.
 """
 
 from __future__ import annotations
@@ -28,6 +30,19 @@ PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "none": None,
 }
 GRID_RESAMPLE = ("auto", "area", "bilinear")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether `device` runs bf16 matmuls natively (a CUDA GPU with bf16, or a CPU with AVX512-BF16 / AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
 
 
 def _stats(values: Sequence[float], channels: int) -> Tensor:
@@ -45,7 +60,7 @@ class FrozenTeacher(nn.Module):
 
     def __init__(self, backbone: Backbone, *, family: str, norm: str, layer: int = -1, mean_last_k: int = 1,
                  final_norm: bool = True, grid_resample: str = "auto", norm_stats: tuple | None = None,
-                 identity: dict | None = None, autocast: bool = True):
+                 identity: dict | None = None, precision: str = "auto"):
         super().__init__()
         self.backbone = backbone
         self.family = family
@@ -66,7 +81,9 @@ class FrozenTeacher(nn.Module):
         if grid_resample not in GRID_RESAMPLE:
             raise ValueError(f"grid_resample='{grid_resample}' is not one of {', '.join(GRID_RESAMPLE)}")
         self.grid_resample = grid_resample
-        self.autocast = autocast
+        if precision not in PRECISIONS:
+            raise ValueError(f"teacher precision='{precision}' is not one of {', '.join(PRECISIONS)}")
+        self.precision = precision
         self.norm = norm
         if norm == "model":  # the model's own statistics (usjepa encoder config, timm pretrained_cfg)
             if norm_stats is None:
@@ -81,7 +98,7 @@ class FrozenTeacher(nn.Module):
         self.register_buffer("input_mean", _stats(mean, self.in_chans), persistent=False)
         self.register_buffer("input_std", _stats(std, self.in_chans), persistent=False)
         self.identity = dict(identity or {}, family=family, norm=norm, layer=self.layer, mean_last_k=self.mean_last_k,
-                             final_norm=self.final_norm, grid_resample=grid_resample)
+                             final_norm=self.final_norm, grid_resample=grid_resample, precision=precision)
         for p in self.parameters():
             p.requires_grad_(False)
         super().train(False)
@@ -115,8 +132,18 @@ class FrozenTeacher(nn.Module):
             return x
         return (x - self.input_mean) / self.input_std
 
+    def runs_bf16(self, device: torch.device) -> bool:
+        """Whether forward passes on `device` use bf16 autocast (precision bf16, or auto on a bf16-capable device)."""
+        if self.precision == "fp32":
+            return False
+        if self.precision == "bf16":
+            return True
+        return bf16_supported(device)
+
     def _autocast(self, x: Tensor):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast and x.is_cuda)
+        dev = x.device
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type in ("cuda", "cpu")
+                              and self.runs_bf16(dev))
 
     # ------------------------------------------------------------------ tokens
     @torch.no_grad()

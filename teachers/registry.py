@@ -2,7 +2,7 @@
 
 A family is one function `build(checkpoint, *, strict=True, **family_options) -> Built` decorated with
 `@register(name, default_norm=..., drop=..., summary=...)`. Options shared by every teacher (norm,
-layer, mean_last_k, final_norm, grid_resample) are handled here; anything else must be a keyword of the
+layer, mean_last_k, final_norm, grid_resample, precision) are handled here; anything else must be a keyword of the
 builder, so a misspelt option is an error that names the valid ones.
 """
 
@@ -22,7 +22,7 @@ from teachers.loading import KeyReport
 
 log = logging.getLogger(__name__)
 
-TEACHER_OPTIONS = ("norm", "layer", "mean_last_k", "final_norm", "grid_resample", "autocast")
+TEACHER_OPTIONS = ("norm", "layer", "mean_last_k", "final_norm", "grid_resample", "precision")
 
 
 @dataclass
@@ -108,7 +108,8 @@ def load(family: str, checkpoint: str | None = None, **options: Any) -> FrozenTe
     """A frozen teacher of `family` from `checkpoint`, strictly loaded.
 
     Teacher-wide options: norm (preset name, "" = family default), layer, mean_last_k, final_norm,
-    grid_resample, autocast; every other option goes to the family builder (arch, which, drop, ...).
+    grid_resample, precision (auto | bf16 | fp32); every other option goes to the family builder (arch, which,
+    drop, ...).
     """
     fam, built = build(family, checkpoint, strict=True, **options)
     common, own = split_options(fam, options)
@@ -129,7 +130,7 @@ def spec_options(cfg: Any) -> tuple[str, str | None, dict]:
     extra = get("options")
     extra = OmegaConf.to_container(extra, resolve=True) if OmegaConf.is_config(extra) else dict(extra or {})
     opts: dict[str, Any] = {"norm": get("norm"), "layer": int(get("layer")), "mean_last_k": int(get("mean_last_k")),
-                            "final_norm": bool(get("final_norm"))}
+                            "final_norm": bool(get("final_norm")), "precision": str(get("precision"))}
     if get("arch"):
         opts["arch"] = get("arch")
     if int(get("patch_size")):

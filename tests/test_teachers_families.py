@@ -21,6 +21,11 @@ IMAGENET = (torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([
 ATOL = 1e-5
 
 
+def load(*args, **kw) -> teachers.FrozenTeacher:
+    """`teachers.load` in fp32: these tests check weight mapping exactly, which bf16 rounding would blur."""
+    return teachers.load(*args, precision="fp32", **kw)
+
+
 def imagenet(x: torch.Tensor) -> torch.Tensor:
     return (x.expand(-1, 3, -1, -1) - IMAGENET[0]) / IMAGENET[1]
 
@@ -99,7 +104,7 @@ def test_mae_family_layouts(tmp_path, layout):
         obj = {"model": {f"module.{k}": v for k, v in sd.items()}}
     path = tmp_path / "mae.pth"
     torch.save(obj, path)
-    t = teachers.load("mae", str(path))
+    t = load("mae", str(path))
     assert (t.embed_dim, t.patch_size, t.num_prefix_tokens) == (192, 8, 1)
     close(t(X1), ref_tokens(m, imagenet(X1), 1))
     close(t(X2), second_size_mae(m, X2))
@@ -110,7 +115,7 @@ def test_urfm_family(tmp_path):
     path = tmp_path / "mae_vit_base_patch16_dec768d8b_all_biomedclip_1199.pth"
     torch.save({"model": "mae_vit_base_patch16_dec768d8b", "epoch": 1199,
                 "ema_state_dict": {**m.state_dict(), **decoder_keys(d=96)}}, path)
-    t = teachers.load("urfm", str(path))
+    t = load("urfm", str(path))
     close(t(X1), ref_tokens(m, imagenet(X1), 1))
     close(t(X2), second_size_mae(m, X2))
 
@@ -127,11 +132,11 @@ def test_ijepa_family_uses_target_encoder(tmp_path):
                 "predictor": {"module.predictor_embed.weight": torch.randn(96, 192)},
                 "opt": torch.optim.AdamW(context.parameters()).state_dict(), "scaler": None,
                 "epoch": 300, "loss": 0.12, "batch_size": 2048, "world_size": 16, "lr": 1e-3}, path)
-    t = teachers.load("ijepa", str(path))
+    t = load("ijepa", str(path))
     assert t.num_prefix_tokens == 0
     close(t(X1), ref_tokens(target, imagenet(X1), 0))
     close(t(X2), second_size_mae(target, X2))
-    ctx = teachers.load("ijepa", str(path), which="encoder")
+    ctx = load("ijepa", str(path), which="encoder")
     close(ctx(X1), ref_tokens(context, imagenet(X1), 0))
 
 
@@ -159,7 +164,7 @@ def test_dinov2_release_format(tmp_path, regs, swiglu):
     m = randomise(tiny_vit(**kw), seed=6)
     path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
     torch.save(dinov2_release(m, regs, swiglu), path)
-    t = teachers.load("dinov2", str(path))
+    t = load("dinov2", str(path))
     prefix = 1 + (4 if regs else 0)
     assert (t.patch_size, t.num_prefix_tokens, t.grid((70, 70))) == (14, prefix, (5, 5))
     x1 = torch.rand(2, 3, 70, 70)
@@ -194,13 +199,13 @@ def test_usfm_family_shared_rel_pos_bias(tmp_path):
     sd["rel_pos_bias.relative_position_index"] = m.rel_pos_bias.relative_position_index.clone()
     path = tmp_path / "USFM_latest.pth"
     torch.save(sd, path)
-    t = teachers.load("usfm", str(path))
+    t = load("usfm", str(path))
     close(t(X1), ref_tokens(m, imagenet(X1), 1))
     # the shared bias matters: zeroing it changes the tokens, so it really was loaded and used
     zeroed = dict(sd, **{"rel_pos_bias.relative_position_bias_table": torch.zeros_like(
         sd["rel_pos_bias.relative_position_bias_table"])})
     torch.save(zeroed, tmp_path / "zeroed.pth")
-    assert (teachers.load("usfm", str(tmp_path / "zeroed.pth"))(X1) - t(X1)).abs().max() > 1e-3
+    assert (load("usfm", str(tmp_path / "zeroed.pth"))(X1) - t(X1)).abs().max() > 1e-3
     # another, non-square grid: timm's own BEiT filter resizes the table for a model built at that size
     ref = Beit(img_size=(48, 64), patch_size=8, embed_dim=192, depth=2, num_heads=3, num_classes=0, global_pool="",
                use_fc_norm=False, use_abs_pos_emb=False, use_shared_rel_pos_bias=True, init_values=0.1)
@@ -213,7 +218,7 @@ def test_timm_family(tmp_path):
     m = randomise(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=10))
     path = tmp_path / "model_best.pth.tar"
     torch.save({"epoch": 10, "arch": "vit_tiny_patch16_224", "state_dict": m.state_dict(), "metric": 71.3}, path)
-    t = teachers.load("timm", str(path), arch="vit_tiny_patch16_224", img_size=32, model_kwargs={"depth": 2})
+    t = load("timm", str(path), arch="vit_tiny_patch16_224", img_size=32, model_kwargs={"depth": 2})
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (m.pretrained_cfg["mean"], m.pretrained_cfg["std"]))
     assert t.norm == "model"
     close(t(X1), ref_tokens(m, (X1 - mean) / std, 1))
@@ -232,7 +237,7 @@ def test_usjepa_family_export_and_training_checkpoint(tmp_path):
     export_encoder(vit, tmp_path / "encoder.safetensors", model_cfg=mc)
     torch.save({"config": {"model": mc}, "model": vit.state_dict(), "step": 5}, tmp_path / "latest.pt")
     for f in ("encoder.safetensors", "latest.pt"):
-        t = teachers.load("usjepa", str(tmp_path / f))
+        t = load("usjepa", str(tmp_path / f))
         assert t.in_chans == 1 and t.norm == "model"
         with torch.no_grad():
             close(t(X1), vit(X1))  # RGB in, averaged to the encoder's one channel
@@ -240,9 +245,9 @@ def test_usjepa_family_export_and_training_checkpoint(tmp_path):
 
 
 def test_random_family_is_seeded():
-    a = teachers.load("random", arch="vit_tiny", depth=2, patch_size=8, seed=3)
-    b = teachers.load("random", arch="vit_tiny", depth=2, patch_size=8, seed=3)
-    c = teachers.load("random", arch="vit_tiny", depth=2, patch_size=8, seed=4)
+    a = load("random", arch="vit_tiny", depth=2, patch_size=8, seed=3)
+    b = load("random", arch="vit_tiny", depth=2, patch_size=8, seed=3)
+    c = load("random", arch="vit_tiny", depth=2, patch_size=8, seed=4)
     torch.manual_seed(3)
     ref = build_vit("vit_tiny", depth=2, patch_size=8, in_chans=3).eval()
     with torch.no_grad():
@@ -259,23 +264,23 @@ def test_layer_choice_and_mean_last_k(tmp_path):
     x = imagenet(X1)
     with torch.no_grad():
         feats = m.forward_intermediates(x, indices=[0, 1], norm=False, output_fmt="NLC", intermediates_only=True)
-    first = teachers.load("mae", str(path), layer=0, final_norm=False)
+    first = load("mae", str(path), layer=0, final_norm=False)
     close(first(X1), feats[0][:, :])
-    normed = teachers.load("mae", str(path), layer=0)
+    normed = load("mae", str(path), layer=0)
     close(normed(X1), m.norm(feats[0]))
-    mean2 = teachers.load("mae", str(path), mean_last_k=2)
+    mean2 = load("mae", str(path), mean_last_k=2)
     close(mean2(X1), (m.norm(feats[0]) + m.norm(feats[1])) / 2)
     inter = mean2.get_intermediate_layers(X1, n=2)
     close(inter[0][0], m.norm(feats[0]))
     assert inter[1][1].shape == (2, 192)
     with pytest.raises(ValueError, match="mean_last_k"):
-        teachers.load("mae", str(path), layer=0, mean_last_k=2)
+        load("mae", str(path), layer=0, mean_last_k=2)
     with pytest.raises(ValueError, match="layer=5"):
-        teachers.load("mae", str(path), layer=5)
+        load("mae", str(path), layer=5)
 
 
 def test_tokens_on_grid_patch14_teacher_meets_patch16_student(tmp_path):
-    t = teachers.load("random", arch="vit_tiny", depth=1, patch_size=14)
+    t = load("random", arch="vit_tiny", depth=1, patch_size=14)
     x = torch.rand(1, 1, 224, 224)
     native = t(x)  # [1, 256, D] on 16x16
     assert native.shape[1] == 256

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import teachers
-from teachers.frozen import PRESETS
+from teachers.frozen import PRESETS, bf16_supported
 
 
 def tiny(**kw) -> teachers.FrozenTeacher:
@@ -109,5 +109,26 @@ def test_cuda_runs_bf16_autocast_and_returns_float32():
     x = torch.rand(2, 1, 32, 32, device="cuda")
     out = t(x)
     assert out.dtype == torch.float32
-    ref = teachers.load("random", arch="vit_tiny", depth=2, patch_size=8, autocast=False).cuda()(x)
+    ref = teachers.load("random", arch="vit_tiny", depth=2, patch_size=8, precision="fp32").cuda()(x)
     assert 0 < (out - ref).abs().max() < 0.1  # bf16 differs from fp32, but only by rounding
+
+
+def test_precision_bf16_rounds_on_cpu_and_fp32_is_exact():
+    """bf16 (forced, or auto on a CPU with bf16 units) returns float32 tokens that differ from fp32 by rounding only."""
+    x = torch.rand(2, 1, 32, 32)
+    fp32 = teachers.load("random", arch="vit_tiny", depth=2, patch_size=8, precision="fp32")
+    bf16 = teachers.load("random", arch="vit_tiny", depth=2, patch_size=8, precision="bf16")
+    auto = teachers.load("random", arch="vit_tiny", depth=2, patch_size=8)
+    ref, low = fp32(x), bf16(x)
+    assert low.dtype == torch.float32
+    err = (low - ref).abs().max().item()
+    assert 0 < err < 0.1 * ref.abs().max().item()
+    assert not fp32.runs_bf16(torch.device("cpu")) and bf16.runs_bf16(torch.device("cpu"))
+    assert auto.runs_bf16(torch.device("cpu")) == bf16_supported(torch.device("cpu"))
+    torch.testing.assert_close(auto(x), low if auto.runs_bf16(torch.device("cpu")) else ref, atol=0, rtol=0)
+    assert fp32.identity["precision"] == "fp32" and auto.identity["precision"] == "auto"
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision='half'.*auto, bf16, fp32"):
+        teachers.load("random", arch="vit_tiny", depth=2, patch_size=8, precision="half")

@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "teacher": teacher.identity["arch"], "img": args.img, "batch": args.batch,
            "tokens": grid[0] * grid[1], "embed_dim": teacher.embed_dim,
+           "teacher_bf16": teacher.runs_bf16(device),
            "live_ms_per_batch": round(1000 * t_live, 3), "live_images_per_s": round(args.batch / t_live, 1)}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
         except Exception as e:  # the SALT pieces belong to other modules; report, do not hide the rest
             res["salt_step_error"] = f"{type(e).__name__}: {e}"
     res["note"] = ("cache reads come from a freshly written local file (page cache); a cold network file system "
-                   "reads slower. Steps use bf16 autocast on CUDA.")
+                   "reads slower. The teacher runs under bf16 autocast wherever the device has bf16 units "
+                   "(teacher.precision=auto); the student's step uses bf16 autocast on CUDA only.")
     for k, v in res.items():
         print(f"{k:>22}: {v}")
     out = Path(args.out)

@@ -37,8 +37,8 @@ CACHE_FORMAT = 1
 META_FILE = "cache.json"
 # data settings that change neither which items exist nor their fixed (un-augmented) views; every other
 # data field (source, root, preprocess, resize, region, channels, ...) is part of the cache identity
-NOT_VIEW_FIELDS = ("batch_size", "num_workers", "augment", "crop_scale", "bad_item_threshold", "augment_policy",
-                   "hflip", "vflip", "balance", "balance_cap", "balance_weights")
+NOT_VIEW_FIELDS = ("batch_size", "num_workers", "sim_workers", "augment", "crop_scale", "bad_item_threshold",
+                   "augment_policy", "hflip", "vflip", "balance", "balance_cap", "balance_weights")
 
 
 # ----------------------------------------------------------------------------- identity

@@ -11,7 +11,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from usjepa.data.bmode import Acquisition, make_layout, render, scan_convert, scan_coordinates, simulate_polar
-from usjepa.data.phantom import Ellipse, Lesion, Phantom, Probe
+from usjepa.data.phantom import Ellipse, Lesion, Phantom, Probe, sample_lesion, sample_probe
 from usjepa.data.simulate import add_arguments, run_from_args, simulate_dataset, simulate_frame
 
 CURVED = Probe("curvilinear", depth_mm=120, angle_deg=70, apex_mm=30, f0_mhz=3.5, focus_mm=45, aperture_mm=20,
@@ -165,3 +165,38 @@ def test_simulate_frame_dressing_stays_outside_fan_except_calipers():
     inside = ov & mask
     sat = img.max(2).astype(int) - img.min(2)
     assert (sat[inside] > 100).all()  # only coloured caliper marks sit inside the fan
+
+
+def test_lesion_size_range_is_respected_and_checked():
+    """Diameters follow the configured fraction of the depth (capped at 128 mm x hi); a bad range is refused."""
+    rng = np.random.default_rng(0)
+    for lo, hi in ((0.08, 0.25), (0.2, 0.4)):
+        fracs = []
+        for _ in range(200):
+            probe = sample_probe(rng)
+            les = sample_lesion(rng, probe, "solid_hypoechoic", (lo, hi))
+            assert 3.0 - 1e-6 <= les.diameter_mm <= 128 * hi + 1e-6
+            fracs.append(les.diameter_mm / probe.depth_mm)
+        fracs = np.asarray(fracs)  # the 3 mm floor and the cap only move diameters inside [lo, hi] x depth
+        assert fracs.min() >= lo - 1e-6 and fracs.max() <= hi + 1e-6 and fracs.max() - fracs.min() > (hi - lo) / 2
+    small = [sample_lesion(np.random.default_rng(i), CURVED, "cyst").diameter_mm for i in range(50)]
+    big = [sample_lesion(np.random.default_rng(i), CURVED, "cyst", (0.2, 0.4)).diameter_mm for i in range(50)]
+    assert np.median(big) > 1.5 * np.median(small)
+    for bad in ((0.3, 0.2), (0.0, 0.2), (0.1, 0.9), (0.1,)):
+        with pytest.raises(ValueError, match="lesion size"):
+            sample_lesion(rng, CURVED, "cyst", bad)
+
+
+def test_dataset_options_reach_the_manifest(tmp_path):
+    """lesion_size and split_fractions change what is written; the config key is validated with its name."""
+    from usjepa.config import ConfigError, load_config
+
+    m = simulate_dataset(tmp_path / "a", 40, "lesion", seed=1, size=64, frames_per_patient=1,
+                         lesion_size=(0.3, 0.4), split_fractions=(0.5, 0.1, 0.4))
+    df = pd.read_csv(m)
+    sized = df[df["lesion"] != "normal"]
+    assert (sized["lesion_size_mm"] / sized["depth_mm"]).between(0.3 - 0.01, 0.4 + 0.01).all()
+    assert df["patient_id"].nunique() == 40 and 12 <= (df["split"] == "test").sum() <= 20
+    with pytest.raises(ConfigError, match="data.sim_lesion_size"):
+        load_config("configs/pretrain/tiny_sim.yaml", ["data.sim_lesion_size=[0.5,0.1]",
+                                                       "objective.name=mae", "mask.preset=random"])

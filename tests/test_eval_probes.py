@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from usjepa.eval import attentive_probe, knn_probe, linear_probe, quick_linear_probe
-from usjepa.eval.attentive import AttentivePooler
+from usjepa.eval.attentive import AttentivePooler, token_stats
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small probe workloads: one thread is fastest
 
@@ -49,6 +49,28 @@ def test_attentive_probe_finds_a_token_that_mean_pooling_dilutes():
     shuffled = (te[0], te[1][torch.randperm(300)])
     again = attentive_probe(tr, va, shuffled, lrs=[1e-2, 1e-4], wds=[0.01], epochs=20, batch_size=100, seed=0)
     assert again["val"] == r["val"] and again["macro_f1"] < 0.6  # test labels never steer the fit
+
+
+def test_attentive_probe_standardises_token_channels_with_train_statistics():
+    """One loud channel of noise (as trained encoders often carry) drowns the signal under a per-token LayerNorm;
+    z-scoring each channel with train statistics brings it back, and the statistics are exact."""
+    tr, va, te = _token_task(300, 0), _token_task(100, 1), _token_task(300, 2)
+    g = torch.Generator().manual_seed(3)
+
+    def loud(x):
+        x = x.clone() * 0.05
+        x[..., -1] = 100 * torch.randn(x.shape[:2], generator=g)
+        return x
+
+    tr, va, te = ((loud(x), y) for x, y in (tr, va, te))
+    kw = dict(lrs=[1e-2], wds=[0.01], epochs=20, batch_size=100, seed=0)
+    on = attentive_probe(tr, va, te, **kw)
+    off = attentive_probe(tr, va, te, standardize=False, **kw)
+    assert on["macro_f1"] > 0.85 and on["macro_f1"] > off["macro_f1"] + 0.2, (on["macro_f1"], off["macro_f1"])
+    mean, std = token_stats(tr[0].half(), chunk=7)
+    flat = tr[0].half().float().reshape(-1, tr[0].shape[-1])
+    torch.testing.assert_close(mean, flat.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(std, flat.std(0, unbiased=False), atol=1e-3, rtol=1e-3)
 
 
 def test_knn_picks_k_on_validation_and_centres_features():

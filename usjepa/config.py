@@ -313,6 +313,14 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.model.attn_backend, ("auto", "xformers", "sdpa", "math"), "model.attn_backend")
     _choice(cfg.mask.preset, tuple(MASK_PRESETS) + ("custom",), "mask.preset")
     _choice(cfg.train.precision, ("auto", "bf16", "fp32"), "train.precision")
+    _choice(cfg.teacher.precision, ("auto", "bf16", "fp32"), "teacher.precision")
+    if len(cfg.data.sim_lesion_size):
+        from usjepa.data.phantom import check_lesion_size
+
+        try:
+            check_lesion_size(list(cfg.data.sim_lesion_size))
+        except ValueError as e:
+            raise ConfigError(f"data.sim_lesion_size: {e}") from None
     if len(cfg.model.img_size) != 2:
         raise ConfigError(f"model.img_size must be [H, W], got {list(cfg.model.img_size)}")
     for i, s in enumerate(cfg.model.img_size):

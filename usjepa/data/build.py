@@ -30,6 +30,10 @@ def simulated_root(cfg) -> Path:
     opts = (cfg.sim_size, cfg.sim_frames_per_patient, cfg.sim_dress)
     if cfg.sim_probe or cfg.sim_organ:
         opts += (cfg.sim_probe, cfg.sim_organ)
+    if len(cfg.sim_lesion_size):
+        opts += (tuple(float(v) for v in cfg.sim_lesion_size),)
+    if [float(f) for f in cfg.split_fractions] != [0.7, 0.15, 0.15]:
+        opts += (tuple(float(f) for f in cfg.split_fractions),)
     if opts != (256, 4, 0.5):
         name += "-" + hashlib.sha1(repr(opts).encode()).hexdigest()[:8]
     return cache_dir() / "sim" / name
@@ -39,7 +43,11 @@ def _simulated_table(cfg) -> pd.DataFrame:
     from usjepa.data.simulate import simulate_cached, simulate_dataset
 
     kw = {"size": cfg.sim_size, "frames_per_patient": cfg.sim_frames_per_patient, "dress_prob": cfg.sim_dress,
-          "probe": cfg.sim_probe or None, "organ": cfg.sim_organ or None}
+          "probe": cfg.sim_probe or None, "organ": cfg.sim_organ or None,
+          "lesion_size": list(cfg.sim_lesion_size) or None,
+          "split_fractions": tuple(float(f) for f in cfg.split_fractions),
+          "workers": int(cfg.sim_workers) or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                 else os.cpu_count() or 1)}
     root = Path(cfg.root) if cfg.root else simulated_root(cfg)
     manifest = root / "manifest.csv"
     if not manifest.exists():

@@ -41,3 +41,5 @@ class DataConfig:
     sim_dress: float = 0.5  # share of simulated patients with scanner overlays
     sim_probe: str = ""  # linear / curvilinear / phased; "" = a mix
     sim_organ: str = ""  # liver / kidney / muscle / breast; "" = a mix
+    sim_lesion_size: list[float] = field(default_factory=list)  # [lo, hi] diameter / depth; [] = [0.08, 0.25]
+    sim_workers: int = 0  # processes that simulate (0 = one per CPU core, at most 8); the data do not depend on it

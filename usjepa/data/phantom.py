@@ -13,6 +13,7 @@ import numpy as np
 ORGANS = ("liver", "kidney", "muscle", "breast")
 LESIONS = ("normal", "cyst", "solid_hypoechoic", "solid_hyperechoic")
 PROBES = ("linear", "curvilinear", "phased")
+LESION_SIZE = (0.08, 0.25)  # default lesion diameter range, as a fraction of the imaging depth
 C_MM_PER_US = 1.54  # speed of sound, mm per microsecond
 
 
@@ -152,13 +153,31 @@ def _point_in_fan(rng: np.random.Generator, probe: Probe, radius: float, depth_r
     return float(x), float(z)
 
 
-def sample_lesion(rng: np.random.Generator, probe: Probe, kind: str) -> Lesion:
-    """A lesion of random size, position and contrast; a cyst is anechoic and barely attenuating."""
+def check_lesion_size(size: tuple[float, float] | list[float]) -> tuple[float, float]:
+    """(lo, hi) fractions of the depth with 0 < lo <= hi <= 0.6, or a ValueError naming the value."""
+    try:
+        lo, hi = (float(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"lesion size {size!r} must be two numbers [lo, hi], fractions of the imaging depth "
+                         f"(default {list(LESION_SIZE)})") from None
+    if not 0 < lo <= hi <= 0.6:
+        raise ValueError(f"lesion size [{lo}, {hi}] must satisfy 0 < lo <= hi <= 0.6 (fractions of the imaging depth; "
+                         f"default {list(LESION_SIZE)})")
+    return lo, hi
+
+
+def sample_lesion(rng: np.random.Generator, probe: Probe, kind: str,
+                  size: tuple[float, float] = LESION_SIZE) -> Lesion:
+    """A lesion of random size, position and contrast; a cyst is anechoic and barely attenuating.
+
+    The diameter is uniform in `size` x depth, clipped to [3 mm, 128 mm x size[1]] (32 mm at the default range).
+    """
     if kind == "normal":
         return Lesion("normal")
     if kind not in LESIONS:
         raise ValueError(f"unknown lesion kind '{kind}'; use one of {LESIONS}")
-    diam = float(np.clip(rng.uniform(0.08, 0.25) * probe.depth_mm, 3.0, 32.0))
+    lo, hi = check_lesion_size(size)
+    diam = float(np.clip(rng.uniform(lo, hi) * probe.depth_mm, 3.0, 128.0 * hi))
     aspect = rng.uniform(0.65, 1.0)
     a, b = diam / 2 / np.sqrt(aspect), diam / 2 * np.sqrt(aspect)
     cx, cz = _point_in_fan(rng, probe, a)
@@ -175,7 +194,8 @@ def sample_lesion(rng: np.random.Generator, probe: Probe, kind: str) -> Lesion:
     return Lesion(kind, 2 * float(np.sqrt(a * b)), float(10 * np.log10(echo)), shp)
 
 
-def sample_phantom(rng: np.random.Generator, probe: Probe, organ: str, lesion: str) -> Phantom:
+def sample_phantom(rng: np.random.Generator, probe: Probe, organ: str, lesion: str,
+                   lesion_size: tuple[float, float] = LESION_SIZE) -> Phantom:
     """An organ-like phantom (texture class `organ`) holding a lesion of kind `lesion` (or none for 'normal')."""
     u = rng.uniform
     d = probe.depth_mm
@@ -219,7 +239,7 @@ def sample_phantom(rng: np.random.Generator, probe: Probe, organ: str, lesion: s
         cx, cz = _point_in_fan(rng, probe, a, (0.2, 0.85))
         shapes.append(Ellipse(cx, cz, a, a * u(0.6, 1.0), 0.0, u(10, 30), 0.2, shadow_db=-20 * np.log10(u(0.2, 0.5))))
     ph.shapes = shapes
-    ph.lesion = sample_lesion(rng, probe, lesion)
+    ph.lesion = sample_lesion(rng, probe, lesion, lesion_size)
     return ph
 
 

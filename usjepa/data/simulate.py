@@ -21,7 +21,17 @@ from PIL import Image
 
 from usjepa.data.bmode import Acquisition, make_layout, render, sample_acquisition
 from usjepa.data.dressing import dress
-from usjepa.data.phantom import LESIONS, ORGANS, PROBES, Phantom, Probe, sample_phantom, sample_probe
+from usjepa.data.phantom import (
+    LESION_SIZE,
+    LESIONS,
+    ORGANS,
+    PROBES,
+    Phantom,
+    Probe,
+    check_lesion_size,
+    sample_phantom,
+    sample_probe,
+)
 from usjepa.data.splits import make_patient_splits
 
 log = logging.getLogger(__name__)
@@ -58,11 +68,12 @@ def _margins(rng: np.random.Generator) -> tuple[float, float, float]:
 
 
 def _patient(seed: int, p: int, n_frames: int, task: str, lesion: str, organ: str, size: tuple[int, int],
-             probe: str | None, dress_prob: float, img_dir: Path, mask_dir: Path) -> list[dict]:
+             probe: str | None, dress_prob: float, img_dir: Path, mask_dir: Path,
+             lesion_size: tuple[float, float] = LESION_SIZE) -> list[dict]:
     """Simulate and write the frames of patient `p` (a pure function of (seed, p)); returns manifest rows."""
     rng = np.random.default_rng([seed, p, 0x5EED])
     pr = sample_probe(rng, probe)
-    ph = sample_phantom(rng, pr, organ, lesion)
+    ph = sample_phantom(rng, pr, organ, lesion, lesion_size)
     layout = make_layout(pr, size, _margins(rng))
     base = sample_acquisition(rng)
     dressed = bool(rng.random() < dress_prob)
@@ -98,7 +109,8 @@ def _assign(rng: np.random.Generator, names: tuple, n: int, probs: tuple | None)
 def simulate_dataset(out_dir: str | os.PathLike, n: int, task: str = "lesion", seed: int = 0, size: int = 256,
                      frames_per_patient: int = 4, probe: str | None = None, dress_prob: float = 0.5,
                      split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), workers: int = 1,
-                     progress: bool = False, organ: str | None = None) -> Path:
+                     progress: bool = False, organ: str | None = None,
+                     lesion_size: tuple[float, float] | list[float] | None = None) -> Path:
     """Write n simulated frames + fan masks + manifest.csv into out_dir; deterministic in (n, task, seed, options).
 
     The manifest is written last (temp file + rename), so a directory with a manifest is complete. An existing
@@ -110,6 +122,7 @@ def simulate_dataset(out_dir: str | os.PathLike, n: int, task: str = "lesion", s
         raise ValueError(f"unknown organ '{organ}'; use one of {ORGANS} (or leave it unset for a mix)")
     if probe is not None and probe not in PROBES:
         raise ValueError(f"unknown probe '{probe}'; use one of {PROBES} (or leave it unset for a mix)")
+    lesion_size = LESION_SIZE if lesion_size is None else check_lesion_size(lesion_size)
     if n < 1 or frames_per_patient < 1:
         raise ValueError(f"need n >= 1 and frames_per_patient >= 1, got n={n}, frames_per_patient={frames_per_patient}")
     out = Path(out_dir)
@@ -126,8 +139,8 @@ def simulate_dataset(out_dir: str | os.PathLike, n: int, task: str = "lesion", s
         organs = [organ] * n_pat
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    jobs = [(seed, p, frames[p], task, lesions[p], organs[p], hw, probe, dress_prob, out / "images", out / "masks")
-            for p in range(n_pat)]
+    jobs = [(seed, p, frames[p], task, lesions[p], organs[p], hw, probe, dress_prob, out / "images", out / "masks",
+             lesion_size) for p in range(n_pat)]
     if workers > 1:
         import multiprocessing as mp
 
@@ -194,13 +207,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe", default=None, choices=PROBES, help="one probe geometry (default: a mix)")
     parser.add_argument("--dress-prob", type=float, default=0.5, help="share of patients with burned-in overlays")
     parser.add_argument("--split", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument("--lesion-size", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                        help=f"lesion diameter range as fractions of the imaging depth (default {LESION_SIZE[0]} "
+                             f"{LESION_SIZE[1]})")
     parser.add_argument("--workers", type=int, default=1, help="processes")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     try:
         path = simulate_dataset(args.out, args.n, args.task, args.seed, args.size, args.frames_per_patient, args.probe,
-                                args.dress_prob, tuple(args.split), args.workers, progress=True)
+                                args.dress_prob, tuple(args.split), args.workers, progress=True,
+                                lesion_size=args.lesion_size)
     except (ValueError, FileExistsError) as e:
         print(f"usjepa simulate: {e}")
         return 2

@@ -3,6 +3,11 @@
 Optional self-attention blocks run over the tokens first (V-JEPA 2 uses three). A small grid of
 learning rates x weight decays is trained, each head for a fixed number of epochs with AdamW and a
 cosine schedule; the head with the best validation score is chosen, then scored once on test.
+
+Tokens are z-scored per channel with train statistics first (`standardize`, the default): trained encoders
+often carry one dominant direction that a per-token LayerNorm keeps, which buries the channels that carry the
+signal and stalls the pooler at a fixed learning rate (a SALT student's lesion score went from 12% to 56%
+macro-F1 with it on the simulated task, a random-init encoder's from 67% to 70%).
 """
 
 from __future__ import annotations
@@ -73,14 +78,33 @@ class AttentivePooler(nn.Module):
 
 
 class AttentiveClassifier(nn.Module):
-    def __init__(self, dim: int, out_dim: int, depth: int = 0, num_queries: int = 1):
+    def __init__(self, dim: int, out_dim: int, depth: int = 0, num_queries: int = 1,
+                 stats: tuple[Tensor, Tensor] | None = None):
         super().__init__()
+        mean, std = stats if stats is not None else (torch.zeros(dim), torch.ones(dim))
+        self.register_buffer("in_mean", mean.float().view(1, 1, dim))  # per-channel input standardisation
+        self.register_buffer("in_std", std.float().view(1, 1, dim))
         self.pooler = AttentivePooler(dim, num_queries, depth)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, out_dim)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.head(self.norm(self.pooler(tokens)))  # [B, out_dim]
+        x = (tokens - self.in_mean) / self.in_std
+        return self.head(self.norm(self.pooler(x)))  # [B, out_dim]
+
+
+def token_stats(tokens: Tensor, chunk: int = 1024) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std over all items and tokens of [N, T, D] (float64 sums, chunked: no float32 copy)."""
+    d = tokens.shape[-1]
+    s, s2, n = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64), 0
+    for i in range(0, len(tokens), chunk):
+        x = tokens[i:i + chunk].reshape(-1, d).double()
+        s += x.sum(0)
+        s2 += (x * x).sum(0)
+        n += x.shape[0]
+    mean = s / max(n, 1)
+    var = (s2 / max(n, 1) - mean * mean).clamp_min(0)
+    return mean.float(), var.sqrt().float().clamp_min(1e-6)
 
 
 def _predict(model: nn.Module, tokens: Tensor, device, batch_size: int = 256) -> Tensor:
@@ -93,10 +117,11 @@ def _predict(model: nn.Module, tokens: Tensor, device, batch_size: int = 256) ->
 
 
 def _train_one(xtr: Tensor, ytr: Tensor, *, task: str, out_dim: int, lr: float, wd: float, epochs: int,
-               batch_size: int, depth: int, seed: int, device, class_weight: Tensor | None) -> nn.Module:
+               batch_size: int, depth: int, seed: int, device, class_weight: Tensor | None,
+               stats: tuple[Tensor, Tensor] | None = None) -> nn.Module:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = AttentiveClassifier(xtr.shape[-1], out_dim, depth).to(device)
+    model = AttentiveClassifier(xtr.shape[-1], out_dim, depth, stats=stats).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
     n = len(xtr)
     bs = min(batch_size, n)
@@ -120,8 +145,11 @@ def _train_one(xtr: Tensor, ytr: Tensor, *, task: str, out_dim: int, lr: float, 
 
 def attentive_probe(train, val, test=None, *, task: str = "classification", num_classes: int | None = None,
                     lrs=(1e-2, 1e-3), wds=(0.01, 0.1), epochs: int = 20, batch_size: int = 64, depth: int = 0,
-                    class_balanced: bool = False, seed: int = 0, device: str | torch.device = "cpu") -> dict:
+                    class_balanced: bool = False, standardize: bool = True, seed: int = 0,
+                    device: str | torch.device = "cpu") -> dict:
     """Attentive probes on frozen patch tokens: train / val / test are (tokens [N, T, D], y [N]).
+
+    `standardize`: z-score each channel with the train tokens' statistics (val / test use the same statistics).
 
     Returns the test metrics of the head with the best validation score, `selected` {lr, wd}, `val` and `grid`.
     """
@@ -148,11 +176,13 @@ def attentive_probe(train, val, test=None, *, task: str = "classification", num_
         return classification_metrics(y.numpy(), proba.argmax(1), proba, num_classes), proba.argmax(1), proba
 
     ytr_fit = (ytr - y_mu) / y_sd if task == "regression" else ytr
+    stats = token_stats(xtr) if standardize else None
     grid, best = [], None
     for lr in lrs:
         for wd in wds:
             model = _train_one(xtr, ytr_fit, task=task, out_dim=out_dim, lr=lr, wd=wd, epochs=epochs,
-                               batch_size=batch_size, depth=depth, seed=seed, device=device, class_weight=cw)
+                               batch_size=batch_size, depth=depth, seed=seed, device=device, class_weight=cw,
+                               stats=stats)
             val_m = score(model, xva, yva)[0]
             s = val_m[metric] if np.isfinite(val_m[metric]) else -np.inf
             grid.append({"lr": lr, "wd": wd, "val_score": val_m[metric]})

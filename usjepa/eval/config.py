@@ -79,7 +79,7 @@ class ProtocolConfig:
     epochs: int = 100
     batch_size: int = 256  # 0 = full batch
     patience: int = 0  # early stopping on val loss (epochs), keeping the best-val-loss weights; 0 = train to the end
-    standardize: bool = True  # z-score features with train statistics
+    standardize: bool = True  # z-score with train statistics (pooled features; attentive: each token channel)
     class_balanced: bool = False  # inverse-frequency class weights in the loss
     select_metric: str = "macro_f1"  # val metric that picks the head (regression: r2)
     # extra settings

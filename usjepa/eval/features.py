@@ -80,7 +80,8 @@ def dataset_identity(data_cfg, split: str | None, img_size: Sequence[int], datas
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg or {})
-    cfg.pop("num_workers", None), cfg.pop("batch_size", None)  # do not change what items look like
+    for k in ("num_workers", "batch_size", "sim_workers"):  # they do not change what items look like
+        cfg.pop(k, None)
     h = hashlib.sha256(json.dumps({"cfg": cfg, "split": split, "img": list(img_size), "n": len(dataset)},
                                   sort_keys=True, default=str).encode())
     h.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())

@@ -200,3 +200,12 @@ def test_dataset_options_reach_the_manifest(tmp_path):
     with pytest.raises(ConfigError, match="data.sim_lesion_size"):
         load_config("configs/pretrain/tiny_sim.yaml", ["data.sim_lesion_size=[0.5,0.1]",
                                                        "objective.name=mae", "mask.preset=random"])
+
+
+def test_parallel_simulation_writes_the_same_pixels(tmp_path):
+    a = simulate_dataset(tmp_path / "a", 6, "lesion", seed=2, size=64, frames_per_patient=2, workers=1)
+    b = simulate_dataset(tmp_path / "b", 6, "lesion", seed=2, size=64, frames_per_patient=2, workers=2)
+    da, db = pd.read_csv(a), pd.read_csv(b)
+    pd.testing.assert_frame_equal(da, db)
+    for p in da["path"]:
+        assert np.array_equal(np.asarray(Image.open(a.parent / p)), np.asarray(Image.open(b.parent / p))), p

@@ -59,6 +59,7 @@ def demo_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the first test using the fixture pays for the whole demo
 def test_demo_runs_every_stage_and_reports_what_it_measured(demo_run):
     """Every stage runs, and the table holds every encoder x task with ordered CIs, plus the plots."""
     out, full = demo_run
@@ -74,6 +75,7 @@ def test_demo_runs_every_stage_and_reports_what_it_measured(demo_run):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_demo_salt_student_beats_random_init_by_more_than_the_ci_width(demo_run):
     """Issue checks: on the simulated lesion task the SALT student's macro-F1 exceeds the random-init encoder's by
     more than either bootstrap CI's width, so the two CIs do not overlap."""

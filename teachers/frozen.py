@@ -11,6 +11,7 @@ targets come back as float32 either way.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -33,15 +34,29 @@ GRID_RESAMPLE = ("auto", "area", "bilinear")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_has_bf16_units() -> bool:
+    """AVX512-BF16 / AMX-BF16 (x86) or BF16 (Arm) in the CPU flags. oneDNN also runs bf16 on plain AVX512 by
+    emulation, which is no faster than fp32, so its own check is used only where the flags cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(line.split(":", 1)[-1].split()))
+    except OSError:
+        pass
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def bf16_supported(device: torch.device) -> bool:
     """Whether `device` runs bf16 matmuls natively (a CUDA GPU with bf16, or a CPU with AVX512-BF16 / AMX)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
+        return _cpu_has_bf16_units()
     return False
 
 

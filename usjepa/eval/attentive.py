@@ -4,7 +4,8 @@ Optional self-attention blocks run over the tokens first (V-JEPA 2 uses three). 
 learning rates x weight decays is trained, each head for a fixed number of epochs with AdamW and a
 cosine schedule; the head with the best validation score is chosen, then scored once on test.
 
-Tokens are z-scored per channel with train statistics first (`standardize`, the default): trained encoders
+Tokens are z-scored per channel with train statistics first (`standardize`; `protocol.attentive_standardize`,
+on by default, also under the US-JEPA preset, whose linear recipe leaves pooled features raw): trained encoders
 often carry one dominant direction that a per-token LayerNorm keeps, which buries the channels that carry the
 signal and stalls the pooler at a fixed learning rate (a SALT student's lesion score went from 12% to 56%
 macro-F1 with it on the simulated task, a random-init encoder's from 67% to 70%).

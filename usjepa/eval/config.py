@@ -79,7 +79,7 @@ class ProtocolConfig:
     epochs: int = 100
     batch_size: int = 256  # 0 = full batch
     patience: int = 0  # early stopping on val loss (epochs), keeping the best-val-loss weights; 0 = train to the end
-    standardize: bool = True  # z-score with train statistics (pooled features; attentive: each token channel)
+    standardize: bool = True  # z-score pooled features with train statistics (linear, kNN)
     class_balanced: bool = False  # inverse-frequency class weights in the loss
     select_metric: str = "macro_f1"  # val metric that picks the head (regression: r2)
     # extra settings
@@ -91,6 +91,7 @@ class ProtocolConfig:
     attentive_lrs: list[float] = field(default_factory=lambda: [1e-2, 1e-3])
     attentive_wds: list[float] = field(default_factory=lambda: [0.01, 0.1])
     attentive_epochs: int = 20
+    attentive_standardize: bool = True  # z-score each token channel with train statistics before the pooler
     attentive_depth: int = 0  # self-attention blocks before the cross-attention pooler (V-JEPA 2 uses 3)
     knn: bool = False
     knn_k: list[int] = field(default_factory=lambda: [10, 20])

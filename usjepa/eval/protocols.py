@@ -141,7 +141,7 @@ def run_attentive(splits: ProbeSplits, p, device) -> list[dict]:
                             num_classes=splits.num_classes or None, lrs=list(p.attentive_lrs),
                             wds=list(p.attentive_wds), epochs=p.attentive_epochs, depth=p.attentive_depth,
                             class_balanced=p.class_balanced and splits.label_kind == "classification",
-                            standardize=bool(p.standardize), seed=int(seed), device=device)
+                            standardize=bool(p.attentive_standardize), seed=int(seed), device=device)
         r.pop("model", None)
         out.append(r)
     return out

@@ -51,6 +51,7 @@ def _cpu_has_bf16_units() -> bool:
         return False
 
 
+@functools.cache
 def bf16_supported(device: torch.device) -> bool:
     """Whether `device` runs bf16 matmuls natively (a CUDA GPU with bf16, or a CPU with AVX512-BF16 / AMX)."""
     if device.type == "cuda":

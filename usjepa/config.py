@@ -303,6 +303,7 @@ def validate(cfg: DictConfig) -> None:
     """Range and consistency checks that the type system cannot express."""
     if "objective" not in cfg:
         return
+    from teachers.frozen import PRECISIONS
     from usjepa.masks import MASK_PRESETS
     from usjepa.models.vit import VIT_PRESETS
 
@@ -313,7 +314,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.model.attn_backend, ("auto", "xformers", "sdpa", "math"), "model.attn_backend")
     _choice(cfg.mask.preset, tuple(MASK_PRESETS) + ("custom",), "mask.preset")
     _choice(cfg.train.precision, ("auto", "bf16", "fp32"), "train.precision")
-    _choice(cfg.teacher.precision, ("auto", "bf16", "fp32"), "teacher.precision")
+    _choice(cfg.teacher.precision, PRECISIONS, "teacher.precision")
     if len(cfg.data.sim_lesion_size):
         from usjepa.data.phantom import check_lesion_size
 

@@ -28,19 +28,19 @@ SIZES = {
                           "objective.mae.decoder_heads=4"],
                  images=2000, sim_size=128, batch=32, mae_steps=300, student_steps=1000, img=64, workers=0,
                  # 300 steps of normalised-pixel MAE on speckle learn little; raw pixels keep echogenicity
-                 norm_pix="false", teacher_last_k=4),
+                 norm_pix=False, teacher_last_k=4),
     "small": dict(model=["model.arch=vit_small", "model.depth=0", "model.patch_size=16", "model.img_size=[224,224]"],
                   predictor=["predictor.depth=6", "predictor.embed_dim=384", "predictor.num_heads=12"],
                   decoder=["objective.mae.decoder_dim=256", "objective.mae.decoder_depth=4",
                            "objective.mae.decoder_heads=8"],
                   images=8000, sim_size=256, batch=128, mae_steps=3000, student_steps=6000, img=224, workers=8,
-                  norm_pix="true", teacher_last_k=4),
+                  norm_pix=True, teacher_last_k=4),
     "base": dict(model=["model.arch=vit_base", "model.depth=0", "model.patch_size=16", "model.img_size=[224,224]"],
                  predictor=["predictor.depth=12", "predictor.embed_dim=384", "predictor.num_heads=16"],
                  decoder=["objective.mae.decoder_dim=512", "objective.mae.decoder_depth=8",
                           "objective.mae.decoder_heads=16"],
                  images=20000, sim_size=256, batch=256, mae_steps=8000, student_steps=16000, img=224, workers=10,
-                 norm_pix="true", teacher_last_k=4),
+                 norm_pix=True, teacher_last_k=4),
 }
 
 
@@ -50,8 +50,13 @@ SIZES = {
 SIM = {"sim_frames_per_patient": 1, "sim_lesion_size": [0.2, 0.4], "split_fractions": [0.6, 0.15, 0.25]}
 
 
+def _sim(s: dict) -> dict:
+    """The simulator settings of a size, as DataConfig fields (one place for data, pretraining and probes)."""
+    return {"sim_size": s["sim_size"], **SIM}
+
+
 def _stage_overrides(s: dict, out: Path, data_root: Path, steps: int, seed: int) -> list[str]:
-    sim = [f"data.{k}={v}".replace(" ", "") for k, v in SIM.items()] + [f"data.sim_size={s['sim_size']}"]
+    sim = [f"data.{k}={v}".replace(" ", "") for k, v in _sim(s).items()]
     return [*s["model"], *s["predictor"], *sim, f"data.root={data_root}", f"data.num_images={s['images']}",
             f"data.batch_size={s['batch']}", f"data.num_workers={s['workers']}", f"train.steps={steps}",
             f"train.seed={seed}", f"train.out_dir={out}", "train.log_every=10",
@@ -82,15 +87,14 @@ def run_demo(out_dir: str | Path = "runs/demo", size: str = "tiny", compare: boo
 
     print(f"[1/5] simulating {s['images']} labelled B-mode frames into {data_root}", flush=True)
     data_cfg = OmegaConf.structured(
-        DataConfig(source="simulate", root=str(data_root), num_images=s["images"], seed=seed, task="lesion",
-                   sim_size=s["sim_size"], **SIM)
+        DataConfig(source="simulate", root=str(data_root), num_images=s["images"], seed=seed, task="lesion", **_sim(s))
     )
     build_dataset(data_cfg, split=None, img_size=(s["img"], s["img"]), augment=False, seed=seed)
 
     print(f"[2/5] stage 1: pixel-MAE teacher, {mae_steps} steps", flush=True)
     mae_cfg = load_config(_pretrain("mae_vit_tiny_sim.yaml"),
                           _stage_overrides(s, out / "teacher", data_root, mae_steps, seed) + s["decoder"]
-                          + [f"objective.mae.norm_pix_loss={s['norm_pix']}"])
+                          + [f"objective.mae.norm_pix_loss={str(s['norm_pix']).lower()}"])
     run_training(mae_cfg)
     teacher_ckpt = out / "teacher" / "latest.pt"
 
@@ -118,7 +122,7 @@ def run_demo(out_dir: str | Path = "runs/demo", size: str = "tiny", compare: boo
     if compare:
         encoders["ema_jepa_student"] = {"kind": "student", "path": str(out / "ema_jepa" / "encoder.safetensors")}
     data = {"source": "simulate", "root": str(data_root), "num_images": s["images"], "seed": seed, "augment": False,
-            "sim_size": s["sim_size"], **SIM}
+            **_sim(s)}
     probe = {
         "out_dir": str(out / "probe"),
         "encoders": encoders,

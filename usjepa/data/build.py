@@ -39,6 +39,11 @@ def simulated_root(cfg) -> Path:
     return cache_dir() / "sim" / name
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, e.g. inside a SLURM allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _simulated_table(cfg) -> pd.DataFrame:
     from usjepa.data.simulate import simulate_cached, simulate_dataset
 
@@ -46,8 +51,7 @@ def _simulated_table(cfg) -> pd.DataFrame:
           "probe": cfg.sim_probe or None, "organ": cfg.sim_organ or None,
           "lesion_size": list(cfg.sim_lesion_size) or None,
           "split_fractions": tuple(float(f) for f in cfg.split_fractions),
-          "workers": int(cfg.sim_workers) or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                                 else os.cpu_count() or 1)}
+          "workers": int(cfg.sim_workers) or min(8, _usable_cpus())}
     root = Path(cfg.root) if cfg.root else simulated_root(cfg)
     manifest = root / "manifest.csv"
     if not manifest.exists():

@@ -151,7 +151,9 @@ def test_video_frames_with_stride(tmp_path):
 def test_manifest_csv_and_parquet_with_labels_and_splits(tmp_path):
     Image.fromarray(_ramp()).save(tmp_path / "a.png")
     Image.fromarray(_ramp()[::-1]).save(tmp_path / "b.png")
-    df = pd.DataFrame({"image": ["a.png", "b.png", "a.png", "b.png"], "diagnosis": ["benign", "malignant"] * 2,
+    Image.fromarray(_ramp()[:, ::-1]).save(tmp_path / "c.png")  # one image per patient: a copy in another split
+    Image.fromarray(_ramp()[::-1, ::-1]).save(tmp_path / "d.png")  # under another id would be refused as leakage
+    df = pd.DataFrame({"image": ["a.png", "b.png", "c.png", "d.png"], "diagnosis": ["benign", "malignant"] * 2,
                        "patient": ["p1", "p2", "p3", "p4"], "split": ["train", "train", "val", "test"],
                        "organ": ["breast", "breast", "liver", "liver"]})
     df.to_csv(tmp_path / "m.csv", index=False)

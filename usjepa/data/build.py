@@ -13,7 +13,7 @@ import pandas as pd
 from usjepa.data.dataset import UltrasoundDataset, resolve_labels
 from usjepa.data.errors import DataError
 from usjepa.data.sources import read_manifest, read_ultrabench, scan_folder
-from usjepa.data.splits import SPLITS, check_patient_leakage, make_patient_splits
+from usjepa.data.splits import SPLITS, apply_groups, check_patient_leakage, make_group_splits, require_groups
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def load_table(cfg) -> pd.DataFrame:
     if not cfg.root:
         raise DataError(f"data.source={src} needs data.root (the folder to read)")
     if src == "ultrabench":
-        return read_ultrabench(cfg.root, seed=cfg.seed)
+        return read_ultrabench(cfg.root, seed=cfg.seed, groups=cfg.groups)
     kinds = {"folder": {"image", "dicom", "video"}, "dicom": {"dicom"}, "video": {"video"}}.get(src)
     if kinds is None:
         raise DataError(f"unknown data.source '{src}'; use one of {SOURCES}")
@@ -90,21 +90,37 @@ def load_table(cfg) -> pd.DataFrame:
                        **kw)
 
 
+def _has_labels(df: pd.DataFrame, cfg) -> bool:
+    """Whether any item carries a class label or a task column value (not just the neutral -1 default)."""
+    if cfg.task in df.columns and df[cfg.task].notna().any():
+        return True
+    if "label_name" in df.columns and (df["label_name"].fillna("").astype(str) != "").any():
+        return True
+    return "label" in df.columns and bool((pd.to_numeric(df["label"], errors="coerce").fillna(-1) >= 0).any())
+
+
 def assign_splits(df: pd.DataFrame, cfg, where: str) -> pd.DataFrame:
-    """Keep given splits (after a leakage check); otherwise split labelled data by patient, unlabelled all 'train'."""
+    """Keep given splits (after the leakage check); otherwise split labelled data by patient / group (refused when the
+    items have none, unless data.groups=none), unlabelled all 'train'. See usjepa.data.splits."""
+    df = apply_groups(df, cfg.groups, where)
     given = df["split"].astype(str)
+    has = df["patient_given"].to_numpy(bool) if "patient_given" in df else np.ones(len(df), bool)
     if (given != "").any():
         bad = sorted(set(given.unique()) - set(SPLITS) - {""})
         if bad:
             raise DataError(f"{where}: split values {bad} are not one of {SPLITS} (also accepted: validation)")
-        has = df["patient_given"].to_numpy(bool) if "patient_given" in df else np.ones(len(df), bool)
-        if has.any():
-            check_patient_leakage(df["patient_id"][has].tolist(), given[has].tolist(), where)
+        require_groups(bool(has.all()), cfg.groups, where, "its split column")
+        check_patient_leakage(df["patient_id"].where(has, "").tolist(), given.tolist(), where, df["path"].tolist(),
+                              df["frame"].tolist())
         return df
     labelled = any(c in df.columns for c in ("label", "label_name")) or cfg.task in df.columns
     df = df.copy()
     if labelled:
-        df["split"] = make_patient_splits(df["patient_id"].tolist(), tuple(cfg.split_fractions), cfg.seed)
+        df["split"] = make_group_splits(df["patient_id"].tolist(), tuple(cfg.split_fractions), cfg.seed)
+        if _has_labels(df, cfg):  # a split that a probe or evaluation will read: groups must stay whole
+            require_groups(bool(has.all()), cfg.groups, where, f"the {list(cfg.split_fractions)} train/val/test split")
+            check_patient_leakage(df["patient_id"].tolist(), df["split"].tolist(), where, df["path"].tolist(),
+                                  df["frame"].tolist())
     else:
         df["split"] = "train"
     return df

@@ -30,9 +30,7 @@ class DataConfig:
     frame_stride: int = 1  # DICOM cine / video: keep every n-th frame
     max_frames: int = 0  # DICOM cine / video: at most this many frames per file, evenly spread (0 = all)
     patient_regex: str = ""  # folder sources: regex on the relative path whose group 1 is the patient id
-    # what keeps a patient's images on one side of every split: auto (the patient id, else the video / study / source
-    # a frame came from) | none (declares there is none: each file is its own group) | a column naming the group
-    groups: str = "auto"
+    groups: str = "auto"  # kept whole by splits: auto (patient, else video/study id) | none (each file) | a column
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # when the source has no splits
     # --- balanced sampling (US-JEPA: per-dataset cap; organ weights fix organ bias)
     balance: str = "none"  # none | dataset | organ

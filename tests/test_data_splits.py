@@ -106,7 +106,7 @@ def write_pocus_like(root, n_videos=16, frames=5, stills=6, seed=0):
             name = f"images/{src.split('.')[0]}_{f}.png"
             _frame(rng, d / name)
             recs["test" if v % 4 == 3 else "train_val"].append(
-                {"source": src, "image": name, "pathology": ["regular", "covid"][v % 2], "label": v % 2})
+                {"source": src, "image": name, "pathology": ["regular", "covid"][v // 4 % 2], "label": v // 4 % 2})
     for k, v in recs.items():
         (d / f"{k}.json").write_text(json.dumps(v))
     return d

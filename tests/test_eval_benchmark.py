@@ -237,3 +237,24 @@ def test_probe_help_documents_dataset_selection():
     add_arguments(parser)
     text = parser.format_help()
     assert "select_datasets=[pocus,aul]" in text and "~datasets.aul" in text and "strict=true" in text
+
+
+def test_the_suite_carves_a_pocus_like_dataset_by_video(tmp_path):
+    """UltraBench POCUS: records name their source video, no patient. The suite's train / val / test (val carved out
+    of train+val as configs/probe/ultrabench.yaml does) never share a video."""
+    from tests.test_data_splits import write_pocus_like
+    from usjepa.eval.benchmark import SuiteRunner
+    from usjepa.eval.encoders import build_probe_encoder
+
+    root = write_pocus_like(tmp_path / "ub", n_videos=12, frames=4, stills=4)
+    cfg_path = write_suite(tmp_path, FAST)
+    pocus = {"data.source": "ultrabench", "data.root": root, "data.task": "label", "splits.train": "train+val",
+             "splits.val": "''", "val_size": 0.25}
+    cfg = load_probe_config(cfg_path, ["~encoders.random_init", "~datasets.shapes"]
+                            + [f"datasets.pocus.{k}={v}" for k, v in pocus.items()])
+    runner = SuiteRunner(cfg)
+    enc = build_probe_encoder("student", cfg.encoders.student, cfg.encoders, runner.device)
+    splits, _ = runner.splits(enc, runner.handles["pocus"])
+    video = {k: {p.split(":", 1)[1] for p in getattr(splits, k).patient_id} for k in ("train", "val", "test")}
+    assert all(video.values()) and all(v.endswith((".mp4", ".jpg")) for s in video.values() for v in s)
+    assert not video["train"] & video["val"] and not video["train"] & video["test"] and not video["val"] & video["test"]

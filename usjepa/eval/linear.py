@@ -180,12 +180,13 @@ def linear_probe(train, val, test=None, *, task: str = "classification", num_cla
     yva_fit = (yva.to(dev) - y_mu) / y_sd if task == "regression" else yva.to(dev)
     common = dict(task=task, num_classes=num_classes, class_weight=cw, features=list(ftr), select_metric=select_metric)
     if solver == "lbfgs":
-        grid_wds = list(wds) if wds is not None else c_grid_wds(len(ytr))
+        grid_wds = list(wds) if wds is not None and len(wds) else c_grid_wds(len(ytr))
         fits = fit_lbfgs_heads(xtr_list, ytr_fit, xva_list, yva_fit, wds=grid_wds, logit_mask=mask, tol=tol,
                                max_iter=max_iter, **common)
     else:
         fits = fit_adamw_heads(xtr_list, ytr_fit, xva_list, yva_fit, lrs=list(lrs),
-                               wds=list(wds) if wds is not None else list(USJEPA_RECIPE["wds"]), epochs=epochs,
+                               wds=list(wds) if wds is not None and len(wds) else list(USJEPA_RECIPE["wds"]),
+                               epochs=epochs,
                                batch_size=batch_size, patience=patience, seed=seed, decay=decay, **common)
     best = select_head(fits)  # chosen on validation only; the test split has not been touched yet
     mu, sd = norms[best.features]

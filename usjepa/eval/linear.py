@@ -79,8 +79,9 @@ class LinearHead:
 def _split(xy, name: str) -> tuple[dict[str, Tensor], Tensor]:
     if not isinstance(xy, (tuple, list)) or len(xy) != 2:
         raise ValueError(f"{name} must be a pair (X, y); X [N, D] (or a dict of named feature sets), y [N]")
-    x, y = xy
-    feats = {k: _as_tensor(v) for k, v in x.items()} if isinstance(x, dict) else {"x": _as_tensor(x)}
+    x, y = xy  # features kept in float64: float32 would erase small spreads riding on large offsets
+    feats = {k: _as_tensor(v, torch.float64) for k, v in x.items()} if isinstance(x, dict) else \
+        {"x": _as_tensor(x, torch.float64)}
     y = _as_tensor(y, torch.float32)
     for k, v in feats.items():
         if v.ndim != 2 or v.shape[0] != len(y):

@@ -12,7 +12,7 @@
 
 Every write goes through `usjepa.io.atomic`. `write_config` refuses a config whose settings differ from the run
 already in the folder in any key outside RESUME_MAY_CHANGE, unless `train.resume=force`, and records every
-accepted difference in `resume_history.jsonl`.
+accepted difference in `resume_history.jsonl` (a folder where no step was trained takes any settings).
 """
 
 from __future__ import annotations
@@ -149,6 +149,22 @@ class RunFolder:
         names += [p.name for _, p in self.step_files()]
         return names
 
+    def has_trained(self) -> bool:
+        """Whether any step was trained here: a checkpoint, an export, a metrics row, or a status past step 0."""
+        if self.checkpoint_candidates() or (self.path / BEST).exists() or (self.path / ENCODER).exists():
+            return True
+        step = self.read_status().get("step")
+        if isinstance(step, int) and step > 0:
+            return True
+        metrics = self.path / METRICS
+        if not os.path.lexists(metrics):
+            return False
+        try:
+            with open(metrics) as f:
+                return sum(1 for line in f if line.strip()) > 1
+        except OSError:  # a dangling link: rows of unknown count
+            return True
+
     def saved_config(self) -> dict | None:
         path = self.path / CONFIG
         if not path.is_file():
@@ -192,7 +208,7 @@ class RunFolder:
         if mode == "never" and self.run_state():
             raise ConfigError(f"run folder '{self.path}' already holds a run ({', '.join(self.run_state()[:6])}) "
                               "and train.resume=never: point train.out_dir at a new folder")
-        if old is None:
+        if old is None or not self.has_trained():  # nothing trained yet (a failed start): any settings will do
             return
         neutral, changed = config_changes(old, new)
         if changed and mode != "force":

@@ -98,17 +98,17 @@ def test_a_folder_whose_checkpoints_are_gone_is_refused_not_overwritten(referenc
 def test_changed_settings_are_refused_forced_or_extended(reference, tmp_path, sim_root):
     run = _stopped_copy(reference, tmp_path)
     config = (run / "config.yaml").read_text()
-    for change in ("optim.lr=1e-3", "data.num_images=80", "teacher.options.seed=7"):
+    for change in ("optim.lr=2e-3", "data.num_images=80", "teacher.options.seed=7"):
         with pytest.raises(ConfigError, match=change.split("=")[0]):
             run_training(_cfg("salt", run, sim_root, *COMMON, change))
     assert (run / "config.yaml").read_text() == config
     assert load_training_checkpoint(run / "latest.pt")["step"] == 3
-    res = run_training(_cfg("salt", run, sim_root, *COMMON, "optim.lr=1e-3", "train.resume=force"))
+    res = run_training(_cfg("salt", run, sim_root, *COMMON, "optim.lr=2e-3", "train.resume=force"))
     assert res.step == STEPS
     (forced,) = json.loads("[" + (run / "resume_history.jsonl").read_text().strip() + "]")
     assert forced["mode"] == "force" and forced["at_step"] == 3 and forced["trajectory_changed"] == ["optim.lr"]
     # extending a finished run: allowed, recorded, the schedules follow the longer cosine
-    res = run_training(_cfg("salt", run, sim_root, *COMMON, "optim.lr=1e-3", "train.resume=force",
+    res = run_training(_cfg("salt", run, sim_root, *COMMON, "optim.lr=2e-3", "train.resume=force",
                             f"train.steps={STEPS + 2}"))
     assert res.step == STEPS + 2 and sorted(_losses(run)) == list(range(1, STEPS + 3))
     history = [json.loads(line) for line in (run / "resume_history.jsonl").read_text().splitlines()]

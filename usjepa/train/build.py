@@ -85,6 +85,22 @@ def build_objective(cfg: DictConfig, total_steps: int, masker=None) -> Objective
     raise ValueError(f"unknown objective '{oc.name}'")
 
 
+def effective_precision(objective: Objective, cfg: DictConfig, device, amp: bool) -> dict:
+    """What the student and the teacher actually run in on `device` (the teacher says its own), for env.json."""
+    student = "bf16" if amp else "fp32"
+    teacher = getattr(objective, "teacher", None)
+    cache = getattr(objective, "cache", None)
+    if teacher is not None and hasattr(teacher, "runs_bf16"):
+        teacher_prec = "bf16" if teacher.runs_bf16(device) else "fp32"
+    elif cache is not None:
+        teacher_prec = f"cached targets ({cache.meta.get('dtype', '?')})"
+    elif cfg.objective.name == "ema_jepa":
+        teacher_prec = f"{student} (EMA target encoder, under the student's autocast)"
+    else:
+        teacher_prec = None  # mae: no teacher
+    return {"student": student, "teacher": teacher_prec, "device": str(device)}
+
+
 def holdout_split(num_items: int, patient_ids, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Carve a held-out validation subset (patient-grouped when patient ids exist): (train idx, val idx)."""
     if fraction <= 0:

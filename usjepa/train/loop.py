@@ -26,7 +26,7 @@ from usjepa.config import ConfigError
 from usjepa.io.runfolder import ENCODER, LATEST, RunFolder, resume_mode
 from usjepa.masks import MaskCollator, build_masker
 from usjepa.models.checkpoint_io import export_encoder
-from usjepa.train.build import build_objective, holdout_split
+from usjepa.train.build import build_objective, effective_precision, holdout_split
 from usjepa.train.checkpoint import FORMAT_VERSION, CheckpointWriter, load_training_checkpoint, rng_state
 from usjepa.train.collectives import Collectives
 from usjepa.train.distributed import DistEnv, init_distributed, resolve_env
@@ -132,7 +132,7 @@ class _Trainer:
         self._load(point)
         self._status("running")
         if self.main:
-            self.folder.update_env(precision=self._precision())
+            self.folder.update_env(precision=effective_precision(self.objective, self.cfg, self.device, self.amp))
         if self.step >= self.total:
             self._finish(self.step)
             return TrainResult("completed", self.step, self.folder.path, self.best_val)
@@ -220,8 +220,10 @@ class _Trainer:
         self._ckpt = None
         mods = {**self.objective.trainable_modules(), **self.objective.frozen_state()}
         load_resume_state(ckpt, point.path, mods, self.optimizer, self.cfg.objective.name)
-        if point.step < self.total and (point.config or {}).get("train", {}).get("steps") != self.cfg.train.steps:
-            log.warning("train.steps changed on resume: the lr / wd schedules now follow a %d-step cosine "
+        saved = (point.config or {}).get("train", {})
+        if point.step < self.total and (saved.get("steps"), saved.get("epochs")) != (self.cfg.train.steps,
+                                                                                    self.cfg.train.epochs):
+            log.warning("the run's length changed on resume: the lr / wd schedules now follow a %d-step cosine "
                         "(lr at step %d: %.3g)", self.total, point.step, self.lr_s[point.step])
 
     def _data(self) -> None:
@@ -399,18 +401,3 @@ class _Trainer:
                                      ckpt_step=self.ckpt.step or None, objective=self.cfg.objective.name)
         except Exception as w:  # the original error matters more than this one
             log.error("could not record the failure in %s: %s", self.folder / "status.json", w)
-
-    def _precision(self) -> dict:
-        """The effective precision of the student and of the teacher (the teacher says its own)."""
-        student = "bf16" if self.amp else "fp32"
-        teacher = getattr(self.objective, "teacher", None)
-        cache = getattr(self.objective, "cache", None)
-        if teacher is not None and hasattr(teacher, "runs_bf16"):
-            teacher_prec = "bf16" if teacher.runs_bf16(self.device) else "fp32"
-        elif cache is not None:
-            teacher_prec = f"cached targets ({cache.meta.get('dtype', '?')})"
-        elif self.cfg.objective.name == "ema_jepa":
-            teacher_prec = f"{student} (EMA target encoder, under the student's autocast)"
-        else:
-            teacher_prec = None
-        return {"student": student, "teacher": teacher_prec, "device": str(self.device)}

@@ -39,11 +39,38 @@ def to_cpu(obj: Any) -> Any:
     return obj
 
 
+class _WriteErrors:
+    """A file wrapper that keeps the OSError of a failed write: torch.save reports it only as "unexpected pos"."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write `state` plus its checksum to `path` through a temp file (fsync, rename): readers see old or new."""
+    """Write `state` plus its checksum to `path` through a temp file (fsync, rename): readers see old or new.
+
+    A failed write (a full disk) raises the OSError that caused it, naming the file; the temp file is removed.
+    """
     state = with_digest(to_cpu(state))
     with atomic_write(path, "wb") as f:
-        torch.save(state, f)
+        out = _WriteErrors(f)
+        try:
+            torch.save(state, out)
+        except RuntimeError:
+            if out.error is None:
+                raise
+            e = out.error
+            raise OSError(e.errno, f"{e.strerror} while writing '{path}'") from e
     return Path(path)
 
 

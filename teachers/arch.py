@@ -18,6 +18,9 @@ from torch import Tensor
 from usjepa.models.checkpoint_io import CheckpointError
 
 DECLARED, INFERRED = "declared", "inferred"
+# the order facts are shown in (others follow in the order they were found)
+ORDER = ("width", "depth", "heads", "patch", "in_chans", "cls_token", "registers", "pos_grid", "pos_interpolation",
+         "mlp_hidden", "mlp", "final_norm", "block_chunks")
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,16 @@ class ArchFacts:
         fact = self.facts.get(name)
         return fact.value if fact is not None else default
 
+    def ordered(self) -> list[tuple[str, Fact]]:
+        rank = {k: i for i, k in enumerate(ORDER)}
+        return sorted(self.facts.items(), key=lambda kv: rank.get(kv[0], len(ORDER)))
+
     def as_dict(self) -> dict[str, dict]:
-        return {k: {"value": f.value, "origin": f.origin, "evidence": f.evidence} for k, f in self.facts.items()}
+        return {k: {"value": f.value, "origin": f.origin, "evidence": f.evidence} for k, f in self.ordered()}
 
     def summary(self) -> str:
-        """One line for the log: `width 192 (inferred), heads 3 (inferred), ...`."""
-        return ", ".join(f"{k} {_show(f.value)} ({f.origin})" for k, f in self.facts.items())
+        """One line for the log: `width 192 (inferred), depth 12 (inferred), heads 3 (inferred), ...`."""
+        return ", ".join(f"{k} {_show(f.value)} ({f.origin})" for k, f in self.ordered())
 
 
 def _show(v: Any) -> str:

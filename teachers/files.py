@@ -139,7 +139,7 @@ def pickle_refusal(path: Path, err: BaseException) -> str:
     stem = path.with_suffix("")
     return (f"refusing to load {describe(path)}: it is a pickle that needs {what}, and unpickling those could run "
             f"code. If you trust the file, convert it once in a trusted environment and load the result:\n"
-            f"    ckpt = torch.load('{path}', map_location='cpu', weights_only=False)  # runs the pickle: trusted only\n"
+            f"    ckpt = torch.load('{path}', map_location='cpu', weights_only=False)  # trusted files only\n"
             f"    torch.save(ckpt['model'], '{stem}.weights.pth')  # the entry holding the weights (see "
             f"ckpt.keys()); or safetensors.torch.save_file(ckpt['model'], '{stem}.safetensors')")
 

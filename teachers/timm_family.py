@@ -119,7 +119,7 @@ def checkpoint_stats(raw: Any, path: Path, source: str) -> tuple[tuple, tuple, s
         try:
             cfg = json.loads(side.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{source}: '{side}' beside it is not readable JSON ({e}); fix or remove it") from None
+            raise CheckpointError(f"{source}: '{side}' beside it is not JSON ({e}); fix or remove it") from None
         if isinstance(cfg, Mapping):
             found.append((cfg.get("pretrained_cfg", cfg), f"'{side}' (pretrained_cfg beside the checkpoint)"))
     for cfg, where in found:

@@ -125,7 +125,7 @@ def blocking_classes(path: Path, err: BaseException) -> list[str]:
     except Exception:  # noqa: BLE001  (legacy file formats: the refused class alone is enough)
         more = []
     out = []
-    for name in first + more:
+    for name in first + sorted(more):
         if name not in out and not (name.startswith(_PLAIN) and name not in first):
             out.append(name)
     return out
@@ -134,10 +134,10 @@ def blocking_classes(path: Path, err: BaseException) -> list[str]:
 def pickle_refusal(path: Path, err: BaseException) -> str:
     """One line naming the blocking classes, then the two-line conversion for a trusted environment."""
     classes = blocking_classes(path, err)
-    what = (f"Python objects of {', '.join(classes[:6])}{' ...' if len(classes) > 6 else ''}" if classes
+    what = (f"these Python classes: {', '.join(classes[:6])}{' ...' if len(classes) > 6 else ''}" if classes
             else f"Python objects torch's weights-only loader refuses ({_first_line(err)})")
     stem = path.with_suffix("")
-    return (f"refusing to load {describe(path)}: it is a pickle that needs {what}, and unpickling those could run "
+    return (f"refusing to load {describe(path)}: it is a pickle that needs {what}; unpickling them could run "
             f"code. If you trust the file, convert it once in a trusted environment and load the result:\n"
             f"    ckpt = torch.load('{path}', map_location='cpu', weights_only=False)  # trusted files only\n"
             f"    torch.save(ckpt['model'], '{stem}.weights.pth')  # the entry holding the weights (see "

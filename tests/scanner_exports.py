@@ -62,9 +62,9 @@ class _Layer:
         self.mask = Image.new("L", (w, h), 0)
         self.d, self.m = ImageDraw.Draw(self.rgb), ImageDraw.Draw(self.mask)
 
-    def text(self, xy, s: str, fill, size: int) -> None:
-        self.d.text(xy, s, fill=fill, font=_font(size))
-        self.m.text(xy, s, fill=255, font=_font(size))
+    def text(self, xy, s: str, fill, size: int, anchor: str = "la") -> None:
+        self.d.text(xy, s, fill=fill, font=_font(size), anchor=anchor)
+        self.m.text(xy, s, fill=255, font=_font(size), anchor=anchor)
 
     def rect(self, box, fill) -> None:
         self.d.rectangle(box, fill=fill)
@@ -149,18 +149,18 @@ def _colour_bar(layer: _Layer, x: int, y: int, h: int, w: int, kind: str, fs: in
             a = abs(t - 0.5) * 2
             c = (round(255 * a), round(90 * a ** 3), 0) if t < 0.5 else (0, round(110 * a ** 3), round(255 * a))
         layer.line([(x, y + i), (x + w - 1, y + i)], fill=c)
-    layer.text((x - 2, y - fs - 2), "+24.1" if kind != "power" else "PDI", (230, 230, 230), fs)
-    layer.text((x - 2, y + h + 2), "-24.1" if kind != "power" else "cm/s", (230, 230, 230), fs)
+    layer.text((x + w, y - fs - 2), "+24.1" if kind != "power" else "PDI", (230, 230, 230), fs, "ra")
+    layer.text((x + w, y + h + 2), "-24.1" if kind != "power" else "cm/s", (230, 230, 230), fs, "ra")
 
 
 def _markers(layer: _Layer, region: np.ndarray, rng: np.random.Generator, coloured: bool) -> None:
-    """Probe orientation logo near the top corner of the scan, body marker pictogram near its bottom corner."""
+    """Probe orientation logo above the top-left corner of the scan, body marker pictogram near its bottom corner."""
     ys, xs = np.nonzero(region)
     t, b, lft, r = ys.min(), ys.max(), xs.min(), xs.max()
     s = max(6, (b - t) // 40)
     c = (90, 160, 255) if coloured else (220, 220, 220)
-    x0 = max(0, lft - 3 * s)
-    layer.ellipse((x0, t, x0 + s, t + s), fill=c)
+    y0 = max(0, t - 2 * s - s // 2)  # above the scan's top-left corner
+    layer.ellipse((lft, y0, lft + s, y0 + s), fill=c)
     bx, by = r + 2 * s, b - 5 * s
     layer.ellipse((bx, by, bx + 3 * s, by + 4 * s), outline=(200, 200, 200), width=1)
     layer.line([(bx - s // 2, by + 2 * s), (bx + 2 * s, by + 3 * s)], fill=(255, 255, 255), width=2)
@@ -185,6 +185,10 @@ def _calipers(layer: _Layer, region: np.ndarray, rng: np.random.Generator, n: in
             layer.line([(int(x), int(y)), (int(x) + 1, int(y))], fill=col)
     x, y = int(xs[len(xs) // 3]), int(ys[len(ys) // 3])
     layer.text((x, y), "D1 1.42cm", (255, 255, 0), max(10, h // 35))
+    x, y = int(xs[2 * len(xs) // 3]), int(ys[2 * len(ys) // 3])  # a filled arrow pointing at a finding
+    s = max(8, h // 30)
+    layer.polygon([(x, y), (x + s, y + s // 2), (x + s // 2, y + s)], fill=(0, 255, 255))
+    layer.line([(x + s // 2, y + s // 2), (x + 2 * s, y + 2 * s)], fill=(0, 255, 255), width=2)
 
 
 def _doppler(canvas: np.ndarray, region: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
@@ -231,10 +235,11 @@ def _doppler(canvas: np.ndarray, region: np.ndarray, rng: np.random.Generator, k
 def make_export(name: str, size: tuple[int, int], boxes: list[tuple[int, int, int, int]], probe: str,
                 seed: int, colour: list[str] | None = None, band: bool = False, ramp: int | None = 0,
                 bar: int | None = None, calipers: tuple[int, ...] = (0,), noise: bool = False,
-                side_panel: bool = False, dressed: bool = True, tight: bool = False) -> Export:
+                side_panel: bool = False, dressed: bool = True, tight: bool = False, gap: int = 8) -> Export:
     """An export of `size` (H, W) with panes of one simulated probe at `boxes` (top, left, height, width).
     `ramp` / `bar`: the pane beside which the grayscale ramp / colour-scale bar stands (None: none); `calipers`:
-    the panes with calipers; `tight`: scans reach their panes' left and right edges (narrow gutters)."""
+    the panes with calipers; `tight`: scans reach their panes' left and right edges (narrow gutters); `gap`: pixels
+    between a pane's box and the ramp / bar beside it."""
     rng = np.random.default_rng(seed)
     pr = sample_probe(rng, probe)
     h, w = size
@@ -264,9 +269,7 @@ def make_export(name: str, size: tuple[int, int], boxes: list[tuple[int, int, in
         y, x, ph, pw = boxes[at]
         lay = _Layer((h, w))
         bw, bh = max(8, w // 90), ph // 2
-        bx = x + pw + 8 if kind == "gray_ramp" else max(2, x - bw - 10)
-        if kind == "gray_ramp" and bar is not None and at == bar:
-            bx = x + pw + 8
+        bx = x + pw + gap if kind == "gray_ramp" else max(2, x - bw - gap - 2)
         if kind == "gray_ramp":
             _gray_ramp(lay, bx, y + ph // 4, bh, bw)
         else:
@@ -302,9 +305,11 @@ def dressed_single(seed: int, size: int | tuple[int, int] = 256, probe: str | No
                   f["overlay"] & f["mask"])
 
 
-def realistic_exports(seed: int = 0) -> list[Export]:
-    """The set the layout tests run on: dual, quad, colour-flow, power Doppler, off-centre and plain exports."""
-    return [
+@lru_cache(maxsize=2)
+def realistic_exports(seed: int = 0) -> tuple[Export, ...]:
+    """The set the layout tests run on: dual, quad, colour-flow, power Doppler, off-centre and plain exports
+    (built once per process and seed; copy an image before changing it)."""
+    return (
         make_export("dual_linear_1024x768", (768, 1024), [(70, 70, 430, 410), (70, 530, 430, 410)], "linear", seed,
                     band=True, ramp=1, calipers=(0,)),
         make_export("dual_linear_gutter3_1024x768", (768, 1024), [(90, 100, 420, 400), (90, 503, 420, 400)],
@@ -324,14 +329,21 @@ def realistic_exports(seed: int = 0) -> list[Export]:
                     ramp=0, calipers=(0,), side_panel=True, noise=True),
         make_export("single_calipers_800x600", (600, 800), [(50, 200, 500, 420)], "linear", seed + 8,
                     ramp=0, calipers=(0,)),
-    ]
+        make_export("bars_2px_from_scan_800x600", (600, 800), [(50, 150, 480, 500)], "linear", seed + 9,
+                    ramp=0, bar=0, calipers=(0,), tight=True, gap=2),
+    )
 
 
-def write_dicom(path, frame: np.ndarray, patient: str = "P1") -> None:
-    """A minimal uncompressed RGB (or MONOCHROME2) secondary-capture DICOM holding one uint8 frame."""
+def by_name(seed: int = 0) -> dict[str, Export]:
+    return {e.name: e for e in realistic_exports(seed)}
+
+
+def write_dicom(path, frames: np.ndarray, patient: str = "P1") -> None:
+    """A minimal uncompressed secondary-capture DICOM: uint8 RGB frames [N, H, W, 3] (or one frame [H, W, 3])."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+    frames = frames[None] if frames.ndim == 3 else frames
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -341,12 +353,10 @@ def write_dicom(path, frame: np.ndarray, patient: str = "P1") -> None:
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.PatientID = patient
     ds.Modality = "US"
-    ds.Rows, ds.Columns = frame.shape[:2]
-    colour = frame.ndim == 3
-    ds.SamplesPerPixel = 3 if colour else 1
-    if colour:
-        ds.PlanarConfiguration = 0
-    ds.PhotometricInterpretation = "RGB" if colour else "MONOCHROME2"
+    n, ds.Rows, ds.Columns = frames.shape[:3]
+    if n > 1:
+        ds.NumberOfFrames = n
+    ds.SamplesPerPixel, ds.PlanarConfiguration, ds.PhotometricInterpretation = 3, 0, "RGB"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = np.ascontiguousarray(frame, np.uint8).tobytes()
+    ds.PixelData = np.ascontiguousarray(frames, np.uint8).tobytes()
     ds.save_as(path, enforce_file_format=True)

@@ -17,6 +17,7 @@ VERBS_HELP = """verbs:
   export     write a checkpoint's encoder as timm-compatible safetensors
   demo       the whole method end to end on simulated data: teacher -> student -> probes -> table
   config     print the resolved config (or the configuration reference) without running anything
+  data       data tools: `preview` writes each item's region and model input and a contact sheet
 
 Run `usjepa <verb> --help` for the arguments of a verb."""
 
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sweep", "launch.cli", "add_sweep_arguments", "run_sweep", "submit a grid of overrides as one job array"),
         ("status", "launch.cli", "add_status_arguments", "run_status", "table of the jobs in a run or sweep folder"),
         ("demo", "usjepa.demo", "add_arguments", "run_from_args", "the whole method end to end on simulated data"),
+        ("data", "usjepa.data.cli", "add_arguments", "run_from_args", "data tools: preview what the model receives"),
     ]
     for verb, module, add, run, help_ in lazy:
         p = sub.add_parser(verb, help=help_, description=help_)

@@ -26,7 +26,7 @@ REL_PANE_AREA = 0.25  # ...and of the largest pane (banners, bars and markers ar
 PANE_ASPECT = (0.2, 3.0)  # width / height of a pane's box (bars are taller, banners and strips wider)
 MIN_FILL = 0.3  # pane pixels / box pixels
 MIN_TEXTURE = 0.3  # share of pixels differing from their right neighbour by > 2/255: speckle, not a flat panel
-DOPPLER_SHARE = 0.002  # compact saturated pixels / region pixels above which a pane shows colour Doppler
+DOPPLER_SHARE = 0.01  # compact saturated pixels / region pixels above which a pane shows colour Doppler
 
 
 @dataclass
@@ -96,16 +96,36 @@ def _pooled(sig: np.ndarray, max_side: int = DETECT_SIDE) -> tuple[np.ndarray, f
     return m, scale
 
 
+def _trim(region: np.ndarray, sig: np.ndarray) -> np.ndarray:
+    """Cut off strips of a region beyond an empty full-resolution column (row) when they hold < 15% of its signal:
+    a ramp or bar 1-2 px from the scan merges with it on the pooled copy, never at full resolution."""
+    for axis in (0, 1):  # 0: columns, 1: rows
+        occ = (sig & region).sum(axis)
+        idx = np.nonzero(occ)[0]
+        if len(idx) < 2:
+            continue
+        runs = np.split(idx, np.nonzero(np.diff(idx) > 1)[0] + 1)
+        main = max(runs, key=lambda run: occ[run].sum())
+        if len(runs) == 1 or occ[main].sum() < 0.85 * occ.sum():
+            continue
+        keep = np.zeros(len(occ), bool)
+        keep[main[0]:main[-1] + 1] = True
+        region = region & (keep[None, :] if axis == 0 else keep[:, None])
+    return region
+
+
 def pane_region(img: np.ndarray, sig: np.ndarray | None = None) -> np.ndarray:
     """Scan region of an image holding one pane: the largest component of the pooled signal, holes filled, convex
-    hull at full resolution (see preprocess.component_region). Nothing stands out: the whole image. -> bool [H, W]."""
-    small, scale = _pooled(signal(img) if sig is None else sig)
+    hull at full resolution (see preprocess.component_region), strips beyond an empty column or row cut off.
+    Nothing stands out: the whole image. -> bool [H, W]."""
+    sig = signal(img) if sig is None else sig
+    small, scale = _pooled(sig)
     lab, n = ndi.label(small)
     if n == 0:
         return np.ones(img.shape[:2], bool)
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
-    return component_region(lab == int(sizes.argmax()), scale, img.shape[:2])
+    return _trim(component_region(lab == int(sizes.argmax()), scale, img.shape[:2]), sig)
 
 
 # ----------------------------------------------------------------------------- panes
@@ -274,7 +294,7 @@ def doppler(img: np.ndarray, region: np.ndarray, sat: np.ndarray | None = None) 
     sat = (colour_marks(img) if sat is None else sat) & region
     if not sat.any():
         return "", 0.0
-    k = 2 * max(1, round(min(region.shape) / 160)) + 1  # 5 px on a 400 px pane: wider than any mark stroke
+    k = 2 * max(2, round(min(region.shape) / 160)) + 1  # >= 5 px: wider than mark strokes, even JPEG-smeared
     blobs = ndi.maximum_filter(ndi.minimum_filter(sat.view(np.uint8), k), k).view(bool) & sat
     share = float(blobs.sum() / max(1, region.sum()))
     if share < DOPPLER_SHARE:

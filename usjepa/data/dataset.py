@@ -16,8 +16,8 @@ import torch
 from omegaconf import OmegaConf
 
 from usjepa.data.errors import BadItem, DataError
-from usjepa.data.phantom import LESIONS, ORGANS
 from usjepa.data.panes import expand_items, views_of
+from usjepa.data.phantom import LESIONS, ORGANS
 from usjepa.data.preprocess import percentile_rescale, region_bbox, remove_overlays, to_gray
 from usjepa.data.sources import decode, read_mask
 from usjepa.data.transforms import augment_geometry, photometric, resize_full

@@ -95,7 +95,7 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
 
 
 def _rgb(img: np.ndarray) -> np.ndarray:
-    u8 = _to_u8(img)
+    u8 = img if img.dtype == np.uint8 else _to_u8(img)
     return np.repeat(u8[..., None], 3, 2) if u8.ndim == 2 else u8
 
 
@@ -146,9 +146,10 @@ def contact_sheet(tiles: list[tuple[np.ndarray, np.ndarray | None, str]], path: 
     return path
 
 
-def _input_rgb(image) -> np.ndarray:
-    x = image.numpy()  # [C, H, W] in [0, 1]
-    return _rgb(x[0] if x.shape[0] == 1 else np.moveaxis(x[:3], 0, -1))
+def _input_u8(image) -> np.ndarray:
+    """The model input tensor [C, H, W] in [0, 1] -> uint8 [H, W] (1 channel) or [H, W, 3]."""
+    x = image.numpy()
+    return _to_u8(x[0] if x.shape[0] == 1 else np.moveaxis(x[:3], 0, -1))
 
 
 def preview(tokens: list[str], out_dir: str | os.PathLike, n: int = 16) -> PreviewResult:
@@ -196,14 +197,14 @@ def preview(tokens: list[str], out_dir: str | os.PathLike, n: int = 16) -> Previ
             src_region = np.zeros(full.shape[:2], bool)
             src_region[box[0]:box[1], box[2]:box[3]] = region if region is not None else True
             Image.fromarray(src_region.view(np.uint8) * np.uint8(255)).save(out / f"{name}_region.png")
-            inp = _input_rgb(item["image"])
-            Image.fromarray(inp if inp.ndim == 3 else inp[..., 0]).save(out / f"{name}_input.png")
+            inp = _input_u8(item["image"])
+            Image.fromarray(inp).save(out / f"{name}_input.png")
             colour = str(rec.get("colour", ""))
             items.append({"name": name, "path": path, "frame": frame, "pane": pane, "colour": colour,
                           "box": "" if pane < 0 else " ".join(map(str, box)), "layout": lay.kind if lay else "",
                           "region_share": round(float(src_region[box[0]:box[1], box[2]:box[3]].mean()), 4),
                           "input_shape": "x".join(map(str, item["image"].shape))})
-            tiles.append((annotate(full, src_region, lay), inp,
+            tiles.append((annotate(full, src_region, lay), _rgb(inp),
                           f"{name}\n{lay.kind if lay else ''} pane {pane} {colour or 'B-mode'} -> "
                           f"{items[-1]['input_shape']}"))
     items_df = pd.DataFrame(items, columns=["name", "path", "frame", "pane", "colour", "box", "layout",

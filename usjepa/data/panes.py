@@ -203,10 +203,13 @@ def views_of(table: pd.DataFrame) -> list[PaneView]:
     """The PaneView of every row of an expanded table (whole, unscanned frames for rows without the columns)."""
     if "pane" not in table.columns:
         return [PaneView()] * len(table)
-    return [PaneView(int(p), tuple(tuple(int(v) for v in bx) for bx in (b or ())),
-                     tuple(int(v) for v in hw) if isinstance(hw, (tuple, list)) else None, str(c or ""))
-            for p, b, hw, c in zip(table["pane"], table["pane_boxes"], table["scan_hw"], table["colour"],
-                                   strict=True)]
+    seen: dict[PaneView, PaneView] = {}  # one shared object per distinct view: millions of items, few layouts
+    out = []
+    for p, b, hw, c in zip(table["pane"], table["pane_boxes"], table["scan_hw"], table["colour"], strict=True):
+        v = PaneView(int(p), tuple(tuple(int(x) for x in bx) for bx in (b or ())),
+                     tuple(int(x) for x in hw) if isinstance(hw, (tuple, list)) else None, str(c or ""))
+        out.append(seen.setdefault(v, v))
+    return out
 
 
 def item_name(path: str, frame: int, pane: int) -> str:

@@ -92,6 +92,23 @@ def test_jpeg_exports_keep_their_panes_and_their_doppler():
         assert [p.colour for p in lay.panes] == e.colour, name  # smeared caliper text does not turn into Doppler
 
 
+def test_smoothed_rescaled_exports_keep_their_panes_and_panels_stay_out():
+    """Speckle reduction and rescaling flatten neighbour differences; the pane test looks at the spread of gray
+    levels instead, which a flat report panel (even after JPEG) does not have."""
+    for name, scale in (("quad_phased_800x600", 0.75), ("single_offcentre_1280x720", 1.5)):
+        e = by_name(0)[name]
+        size = (round(e.shape[1] * scale), round(e.shape[0] * scale))
+        blurred = np.round(ndi.gaussian_filter(e.image.astype(np.float32), (1.5, 1.5, 0))).astype(np.uint8)
+        img = _jpeg(np.asarray(Image.fromarray(blurred).resize(size, Image.BILINEAR)), 85)
+        lay = detect_layout(_f32(img))
+        truth = [np.asarray(Image.fromarray(t.view(np.uint8)).resize(size, Image.NEAREST)) > 0 for t in e.panes]
+        assert len(lay.panes) == len(truth), name
+        assert min((p.region & t).sum() / t.sum() for p, t in zip(lay.panes, truth, strict=True)) > COVERAGE_MIN
+        if "side_panel" in e.beside:
+            panel = np.asarray(Image.fromarray(e.beside["side_panel"].view(np.uint8)).resize(size)) > 0
+            assert not (lay.region & panel).any()
+
+
 def test_the_single_fan_estimator_loses_panes_the_layout_keeps():
     """The reference: the previous estimator keeps the largest component only (one pane of a dual frame, a side
     panel instead of an off-centre scan); the layout-aware estimate keeps every pane."""

@@ -148,3 +148,15 @@ def test_every_frame_skipped_is_one_clear_error(tmp_path, cache):
     Image.fromarray(by_name(0)["power_linear_1024x768"].image).save(tmp_path / "power.png")
     with pytest.raises(DataError, match="data.colour_frames=gray"):
         build_dataset(DataConfig(source="folder", root=str(tmp_path)), None, (32, 32), False)
+
+
+def test_parallel_scans_equal_serial_scans(tmp_path, monkeypatch):
+    from tests.scanner_exports import dressed_single
+
+    for i in range(64):  # the pool starts at 64 frames
+        Image.fromarray(dressed_single(i % 4, 96).image).save(tmp_path / f"f{i:02d}.png")
+    jobs = [(str(tmp_path / f"f{i:02d}.png"), "image", 0) for i in range(64)]
+    monkeypatch.setenv("USJEPA_CACHE", str(tmp_path / "c1"))
+    serial = panes_mod.scan_layouts(jobs, workers=1)
+    monkeypatch.setenv("USJEPA_CACHE", str(tmp_path / "c2"))
+    assert panes_mod.scan_layouts(jobs, workers=2) == serial and all(len(s["panes"]) == 1 for s in serial)

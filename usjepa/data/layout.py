@@ -25,7 +25,7 @@ MIN_PANE_AREA = 0.02  # a pane covers at least this share of the frame...
 REL_PANE_AREA = 0.25  # ...and of the largest pane (banners, bars and markers are much smaller)
 PANE_ASPECT = (0.2, 3.0)  # width / height of a pane's box (bars are taller, banners and strips wider)
 MIN_FILL = 0.3  # pane pixels / box pixels
-MIN_TEXTURE = 0.3  # share of pixels differing from their right neighbour by > 2/255: speckle, not a flat panel
+MAX_FLAT = 0.5  # share of a pane's pixels within 4/255 of its median (speckle: 0.15-0.3; UI panels: > 0.7)
 DOPPLER_SHARE = 0.01  # compact saturated pixels / region pixels above which a pane shows colour Doppler
 
 
@@ -54,7 +54,7 @@ class FrameLayout:
         """none | single | side-by-side | stacked | grid."""
         if len(self.panes) <= 1:
             return "single" if self.panes else "none"
-        rows = _rows(self.panes)
+        rows = reading_order([p.box for p in self.panes])
         return "side-by-side" if len(rows) == 1 else "stacked" if all(len(r) == 1 for r in rows) else "grid"
 
     @property
@@ -132,11 +132,12 @@ def pane_region(img: np.ndarray, sig: np.ndarray | None = None) -> np.ndarray:
 
 
 def _textured(gray: np.ndarray, mask: np.ndarray) -> bool:
-    """Speckle, not a flat panel or a ramp: most pixels differ from their right neighbour."""
-    g, m = gray[::2], mask[::2, 1:]
-    if not m.any():
+    """Speckle spreads its gray levels: a pane, not a flat panel with text (whose pixels sit at one level, even
+    after JPEG). Blur and upscaling, which flatten neighbour differences, keep this spread."""
+    v = gray[::2, ::2][mask[::2, ::2]]
+    if not v.size:
         return False
-    return float((np.abs(g[:, 1:] - g[:, :-1]) > 2 / 255)[m].mean()) >= MIN_TEXTURE
+    return float((np.abs(v - np.median(v)) <= 4 / 255).mean()) <= MAX_FLAT
 
 
 def _is_pane(box: Box, mask: np.ndarray, gray: np.ndarray, frame_area: int) -> bool:
@@ -184,42 +185,38 @@ def _cut(box: Box, mask: np.ndarray, gray: np.ndarray, frame_area: int, depth: i
     return [box]
 
 
-def _rows(panes: list) -> list[list]:
-    """Group panes (anything with .box) into rows by vertical overlap; rows top to bottom, panes left to right."""
-    rows: list[list] = []
-    for p in sorted(panes, key=lambda p: p.box[0]):
-        mid = (p.box[0] + p.box[1]) / 2
-        row = next((r for r in rows if r[0].box[0] <= mid < r[0].box[1]), None)
+def reading_order(boxes: list[Box]) -> list[list[Box]]:
+    """Boxes grouped into rows (a box joins a row when its middle lies in the row's first box), rows top to bottom,
+    boxes left to right."""
+    rows: list[list[Box]] = []
+    for bx in sorted(boxes):
+        mid = (bx[0] + bx[1]) / 2
+        row = next((r for r in rows if r[0][0] <= mid < r[0][1]), None)
         if row is None:
-            rows.append([p])
+            rows.append([bx])
         else:
-            row.append(p)
-    return [sorted(r, key=lambda p: p.box[2]) for r in rows]
+            row.append(bx)
+    return [sorted(r, key=lambda bx: bx[2]) for r in rows]
 
 
-def _separate(boxes: list[Box], cores: list[Box]) -> list[Box]:
-    """Shrink overlapping (margin-grown) boxes to the middle of the gap between their cores."""
-    out = [list(b) for b in boxes]
+def _separate(grown: list[Box], cores: list[Box]) -> list[Box]:
+    """Shrink margin-grown boxes that overlap to the middle of the gap between their cores, along the axis on which
+    the cores are furthest apart."""
+    out = [list(b) for b in grown]
     for i in range(len(out)):
         for j in range(i + 1, len(out)):
             a, c = out[i], out[j]
             if a[0] >= c[1] or c[0] >= a[1] or a[2] >= c[3] or c[2] >= a[3]:
                 continue
-            ci, cj = cores[i], cores[j]
-            gap_x = max(cj[2] - ci[3], ci[2] - cj[3])
-            gap_y = max(cj[0] - ci[1], ci[0] - cj[1])
-            if gap_x >= gap_y and gap_x >= 0:
-                mid = (ci[3] + cj[2]) // 2 if ci[3] <= cj[2] else (cj[3] + ci[2]) // 2
-                if ci[3] <= cj[2]:
-                    a[3], c[2] = min(a[3], mid + 1), max(c[2], mid)
-                else:
-                    c[3], a[2] = min(c[3], mid + 1), max(a[2], mid)
-            elif gap_y >= 0:
-                mid = (ci[1] + cj[0]) // 2 if ci[1] <= cj[0] else (cj[1] + ci[0]) // 2
-                if ci[1] <= cj[0]:
-                    a[1], c[0] = min(a[1], mid + 1), max(c[0], mid)
-                else:
-                    c[1], a[0] = min(c[1], mid + 1), max(a[0], mid)
+            gaps = []
+            for s_, e in ((0, 1), (2, 3)):  # rows, columns
+                first, second = (i, j) if cores[i][e] <= cores[j][s_] else (j, i)
+                gaps.append((cores[second][s_] - cores[first][e], s_, e, first, second))
+            gap, s_, e, first, second = max(gaps)
+            if gap < 0:  # cores overlap on both axes: leave them
+                continue
+            mid = (cores[first][e] + cores[second][s_]) // 2
+            out[first][e], out[second][s_] = min(out[first][e], mid), max(out[second][s_], mid)
     return [tuple(int(v) for v in b) for b in out]
 
 
@@ -255,14 +252,7 @@ def pane_boxes(img: np.ndarray, gray: np.ndarray | None = None, sig: np.ndarray 
     found = [bx for bx, a in zip(found, areas, strict=True) if a >= REL_PANE_AREA * max(areas)]
     m = int(np.ceil(2 / scale)) + 2
     grown = [(max(0, t - m), min(h, b + m), max(0, lft - m), min(w, r + m)) for t, b, lft, r in found]
-    boxes = _separate(grown, found)
-    order = _rows([Pane(bx, np.zeros(0)) for bx in boxes])
-    return [p.box for row in order for p in row]
-
-
-def crop(img: np.ndarray, box: Box) -> np.ndarray:
-    t, b, lft, r = box
-    return img[t:b, lft:r]
+    return [bx for row in reading_order(_separate(grown, found)) for bx in row]
 
 
 def regions_in(img: np.ndarray, boxes: list[Box], sig: np.ndarray | None = None) -> np.ndarray:

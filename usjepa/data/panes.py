@@ -123,7 +123,7 @@ def scan_layouts(jobs: list[tuple[str, str, int]], workers: int = 1) -> list[dic
         except (OSError, json.JSONDecodeError):
             log.warning("unreadable layout cache %s: scanning again", cache)
     log.info("scanning the layout of %d frames (panes, colour Doppler); cached in %s", len(jobs), cache.parent)
-    if workers > 1 and len(jobs) >= 4 * workers:
+    if workers > 1 and len(jobs) >= 64:  # below that, starting processes costs more than it saves
         import multiprocessing as mp
 
         with mp.get_context("fork" if os.name == "posix" else "spawn").Pool(workers) as pool:

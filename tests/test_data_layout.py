@@ -10,13 +10,14 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from tests.scanner_exports import by_name, dressed_single, realistic_exports
+from tests.scanner_exports import by_name, dressed_single, make_export, realistic_exports
 from usjepa.data.layout import decolour, detect_layout, estimate_region, pane_boxes
 from usjepa.data.preprocess import colour_marks, estimate_fan_mask, remove_overlays
 
-# Measured on realistic_exports(0) + three dressed simulator frames (see test_region_coverage_and_leakage):
-# lowest pane coverage 0.9875 (quad_phased_800x600, pane 1), highest leakage 0.0012 (dual_linear_gutter3: a marker
-# drawn 2 px above a scan that touches its pane's edges), spill 0.0001. The targets are 0.95 and 0.02.
+# Measured on realistic_exports(0) + three dressed simulator frames (test_region_coverage_and_leakage prints them):
+# lowest pane coverage 0.9875 (quad_phased_800x600, pane 1), leakage into banners / bars / ramps / markers / panels
+# 0.0000 (0.0013 after JPEG at quality 75: dual_linear_gutter3, a marker above a scan touching its pane's edges),
+# spill outside the scan grown by 2 px 0.0000. The targets are coverage >= 0.95 and leakage <= 0.02.
 COVERAGE_MIN = 0.98
 LEAKAGE_MAX = 0.005
 SPILL_MAX = 0.002
@@ -67,6 +68,15 @@ def test_panes_are_found_in_reading_order_with_their_layout_kind(exports):
             overlaps = [(pane.region & t).sum() for t in e.panes]
             assert int(np.argmax(overlaps)) == k, e.name
         assert pane_boxes(_f32(e.image)) == [p.box for p in lay.panes]
+
+
+def test_stacked_panes():
+    e = make_export("stacked_linear_1024x768", (768, 1024), [(60, 300, 320, 420), (400, 300, 320, 420)], "linear", 21,
+                    ramp=1, calipers=(0,))
+    lay = detect_layout(_f32(e.image))
+    assert lay.kind == "stacked"
+    cov, leak, spill, _ = _scores(e, lay)
+    assert min(cov) >= COVERAGE_MIN and leak <= LEAKAGE_MAX and spill <= SPILL_MAX
 
 
 def test_region_coverage_and_leakage(exports):

@@ -160,3 +160,11 @@ def test_parallel_scans_equal_serial_scans(tmp_path, monkeypatch):
     serial = panes_mod.scan_layouts(jobs, workers=1)
     monkeypatch.setenv("USJEPA_CACHE", str(tmp_path / "c2"))
     assert panes_mod.scan_layouts(jobs, workers=2) == serial and all(len(s["panes"]) == 1 for s in serial)
+
+
+def test_a_dataset_table_is_not_expanded_twice(exports_dir, cache):
+    from usjepa.data.dataset import UltrasoundDataset
+
+    ds = _build(exports_dir)
+    again = UltrasoundDataset(ds.table, ds.cfg, (64, 64), augment=False, source="manifest")
+    assert again.table["pane"].tolist() == ds.table["pane"].tolist() and not again.skipped

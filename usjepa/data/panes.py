@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 SCAN_VERSION = 1  # bump when the layout rules change: cached scans are then redone
 SKIP_REASON = "colour Doppler"
+EXPANDED_COLUMNS = ("pane", "pane_boxes", "scan_hw", "colour")
 
 
 def check_choices(cfg, where: str = "data") -> None:
@@ -155,6 +156,9 @@ def expand_items(table: pd.DataFrame, cfg, source: str = "", workers: int = 0) -
     (skip: left out and listed in the returned report). Adds columns pane, pane_boxes, scan_hw and colour."""
     check_choices(cfg)
     df = table.reset_index(drop=True)
+    if set(EXPANDED_COLUMNS) <= set(df.columns):  # already one row per item (a dataset's own table)
+        return df, []
+    df = df.drop(columns=[c for c in EXPANDED_COLUMNS if c in df.columns])
     if not needs_scan(cfg, source) or df.empty:
         return df.assign(pane=-1, pane_boxes=[()] * len(df), scan_hw=[None] * len(df), colour=""), []
     split = getattr(cfg, "panes", "split") == "split"
@@ -189,7 +193,7 @@ def expand_items(table: pd.DataFrame, cfg, source: str = "", workers: int = 0) -
                                 "pane": k, "reason": f"{SKIP_REASON} ({colour}); data.colour_frames=skip"})
                 continue
             rows.append({**rec, "pane": k, "pane_boxes": boxes, "scan_hw": hw, "colour": colour})
-    out = pd.DataFrame(rows, columns=list(df.columns) + ["pane", "pane_boxes", "scan_hw", "colour"])
+    out = pd.DataFrame(rows, columns=list(df.columns) + list(EXPANDED_COLUMNS))
     if n_split or skipped:
         log.info("%d multi-pane frames split into their panes; %d colour Doppler frames / panes skipped "
                  "(data.colour_frames=skip): %d items from %d rows", n_split, len(skipped), len(out), len(df))

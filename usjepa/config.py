@@ -73,6 +73,9 @@ class RegionMaskConfig:
 @dataclass
 class MaskConfig:
     preset: str = "usjepa"  # usjepa | ijepa | salt | random | custom
+    # reference: the published collators (one block shape per batch, truncation to the batch minimum);
+    # per_sample: shapes per block and image, lists padded (milder masking; see the README)
+    sampler: str = "reference"
     # custom multi-block settings (used when preset == custom; presets fill these in)
     context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
     context_aspect: list[float] = field(default_factory=lambda: [1.0, 1.0])
@@ -115,6 +118,8 @@ class OptimConfig:
     start_lr: float = 2e-4
     final_lr: float = 1e-6
     warmup: float = 0.1  # < 1: share of total steps; >= 1: steps
+    warmup_epochs: float = 0.0  # > 0: warmup length in epochs (overrides warmup)
+    blr: float = 0.0  # > 0: peak lr = blr * data.batch_size / 256 (MAE's scaling rule), overriding lr
     weight_decay: float = 0.04
     final_weight_decay: float = 0.4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -304,7 +309,7 @@ def validate(cfg: DictConfig) -> None:
     if "objective" not in cfg:
         return
     from teachers.frozen import PRECISIONS
-    from usjepa.masks import MASK_PRESETS
+    from usjepa.masks import MASK_PRESETS, SAMPLERS
     from usjepa.models.vit import VIT_PRESETS
 
     _choice(cfg.objective.name, ("salt", "mae", "ema_jepa"), "objective.name")
@@ -313,6 +318,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.model.arch, tuple(VIT_PRESETS), "model.arch")
     _choice(cfg.model.attn_backend, ("auto", "xformers", "sdpa", "math"), "model.attn_backend")
     _choice(cfg.mask.preset, tuple(MASK_PRESETS) + ("custom",), "mask.preset")
+    _choice(cfg.mask.sampler, SAMPLERS, "mask.sampler")
     _choice(cfg.train.precision, ("auto", "bf16", "fp32"), "train.precision")
     _choice(cfg.teacher.precision, PRECISIONS, "teacher.precision")
     if len(cfg.data.sim_lesion_size):

@@ -14,6 +14,13 @@ from teachers.registry import Built, register
 from usjepa.models import load_encoder_checkpoint
 
 
+class UsjepaEncoderBackbone(UsjepaBackbone):
+    """The encoder embeds its own tokens (sin-cos added, or RoPE handed to every block)."""
+
+    def embed(self, x):
+        return self.net.block_inputs(x)
+
+
 def encoder_stats(vit) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(vit.input_mean.flatten().tolist()), tuple(vit.input_std.flatten().tolist())
 
@@ -24,5 +31,5 @@ def build_usjepa(checkpoint: str, *, strict: bool = True, which: str = "model", 
     if patch_size and patch_size != vit.patch_size:
         raise ValueError(f"'{checkpoint}' holds a patch-{vit.patch_size} encoder, not patch {patch_size}")
     desc = f"usjepa vit d{vit.embed_dim} x{vit.depth} h{vit.num_heads} p{vit.patch_size} c{vit.in_chans}"
-    return Built(UsjepaBackbone(vit), report=KeyReport(f"teacher checkpoint '{checkpoint}'"), arch=desc,
+    return Built(UsjepaEncoderBackbone(vit), report=KeyReport(f"teacher checkpoint '{checkpoint}'"), arch=desc,
                  norm_stats=encoder_stats(vit))

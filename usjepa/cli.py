@@ -61,8 +61,9 @@ def _export(args) -> int:
 
     enc = load_encoder_checkpoint(args.checkpoint, which=args.which)
     path = export_encoder(enc, args.out)
-    kw = ", ".join(f"{k}={v!r}" for k, v in enc.timm_kwargs().items())
-    print(f"wrote {path}\nload it with: timm.create_model('vit_base_patch16_224', {kw}, checkpoint_path='{path}')")
+    name, timm_kw = enc.timm_spec()  # timm's ViT (sin-cos) or Eva (RoPE)
+    kw = ", ".join(f"{k}={v!r}" for k, v in timm_kw.items())
+    print(f"wrote {path}\nload it with: timm.create_model('{name}', {kw}, checkpoint_path='{path}')")
     return 0
 
 

@@ -39,6 +39,8 @@ def build_objective(cfg: DictConfig, total_steps: int, masker=None) -> Objective
             num_mask_tokens=n_pairs,
             per_block=p.per_block,
             attn_backend=backend,
+            pos_embed=cfg.model.pos_embed,
+            zero_init_mask_tokens=p.zero_init_mask_tokens,
         )
 
     if oc.name == "salt":
@@ -80,6 +82,8 @@ def build_objective(cfg: DictConfig, total_steps: int, masker=None) -> Objective
             depth=m.decoder_depth,
             num_heads=m.decoder_heads,
             attn_backend=backend,
+            pos_embed=cfg.model.pos_embed,
+            init=cfg.model.init,
         )
         return MAE(student, dec, norm_pix_loss=m.norm_pix_loss)
     raise ValueError(f"unknown objective '{oc.name}'")

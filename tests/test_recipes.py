@@ -28,7 +28,7 @@ def sim_root(tmp_path_factory) -> str:
 
 
 def _small(out: Path, sim_root: str, *extra: str) -> list[str]:
-    """CPU-sized overrides for a ViT-B/16 recipe: simulated data, 2 blocks, 1-2 steps; every other value as published."""
+    """CPU-sized overrides for a ViT-B/16 recipe: simulated data, 2 blocks; every other value as published."""
     return [f"train.out_dir={out}", f"data.root={sim_root}", "data.source=simulate", "data.num_images=48",
             "data.sim_size=96", "data.batch_size=4", "data.num_workers=0", "model.depth=2", "predictor.depth=2",
             "train.progress=false", "train.log_every=1", "train.threads=1", *extra]

@@ -137,3 +137,21 @@ def test_recipe_choices_are_checked_when_the_config_loads():
     usrc = load_config(PRETRAIN / "usrc_jepa_vitb16.yaml")
     assert usrc.mask.region.enabled and usrc.data.preprocess == "usrc" and usrc.data.balance == "dataset"
     assert OmegaConf.select(usrc, "optim.warmup_epochs") == 10
+
+
+@pytest.mark.parametrize("cls_token", [False, True])
+def test_usjepa_teacher_family_loads_a_rope_stage1_checkpoint(tmp_path, cls_token):
+    from teachers import load
+    from usjepa.models import build_vit
+
+    torch.manual_seed(0)
+    vit = build_vit("vit_tiny", depth=2, img_size=(32, 48), patch_size=8, in_chans=1, cls_token=cls_token,
+                    pos_embed="rope").eval()
+    mc = dict(arch="vit_tiny", depth=2, img_size=[32, 48], patch_size=8, in_chans=1, cls_token=cls_token,
+              pos_embed="rope")
+    torch.save({"config": {"model": mc}, "model": vit.state_dict(), "step": 1}, tmp_path / "latest.pt")
+    t = load("usjepa", str(tmp_path / "latest.pt"), precision="fp32")
+    for shape in ((2, 1, 32, 48), (1, 1, 48, 40)):  # the training grid and another one (RoPE is exact at any grid)
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(t(x), vit(x), atol=1e-5, rtol=1e-5)

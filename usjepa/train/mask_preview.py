@@ -109,11 +109,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     from usjepa.config import ConfigError, load_config
+    from usjepa.data.errors import DataError
 
     cfg = load_config(args.config, args.overrides)
     try:
         stats = preview_masks(cfg, args.batch or None, args.batches)
-    except ValueError as e:
+    except (ValueError, DataError) as e:  # bad --batch, or the data region conditioning needs is missing
         raise ConfigError(str(e)) from None
     print(json.dumps(stats, indent=2) if args.json else format_report(stats))
     return 0

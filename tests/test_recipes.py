@@ -155,3 +155,15 @@ def test_usjepa_teacher_family_loads_a_rope_stage1_checkpoint(tmp_path, cls_toke
         x = torch.rand(*shape)
         with torch.no_grad():
             torch.testing.assert_close(t(x), vit(x), atol=1e-5, rtol=1e-5)
+
+
+def test_weight_decay_spares_only_biases_and_1d_parameters_as_upstream():
+    from usjepa.models import Predictor, build_vit
+    from usjepa.train.loop import _param_groups
+
+    p = Predictor(in_dim=192, out_dim=64, embed_dim=32, depth=1, num_heads=2, num_mask_tokens=2)
+    enc = build_vit("vit_tiny", depth=1, img_size=(32, 32), patch_size=8)
+    decay, no_decay = _param_groups({"predictor": p, "model": enc})
+    ids = {id(t) for t in decay["params"]}
+    assert id(p.mask_tokens) in ids and id(enc.cls_token) in ids  # I-JEPA / MAE decay their tokens too
+    assert all(t.ndim <= 1 for t in no_decay["params"])

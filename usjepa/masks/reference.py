@@ -135,8 +135,11 @@ class IJepaMultiBlock:
             timeout -= 1
             if timeout == 0:
                 tries, timeout = tries + 1, RETRIES
-                if tries > len(regions) + 2:  # no placement reaches the region: fall back to the bare block
-                    return _box(self.grid, *self._place(rng, h, w), h, w)
+                if tries > len(regions) + 2:  # no placement reaches the region: its valid patches off the targets
+                    if valid is None or not valid.any():
+                        return _box(self.grid, *self._place(rng, h, w), h, w)
+                    rest = np.logical_and.reduce([valid, *regions]) if regions else valid.copy()
+                    return rest if rest.any() else valid.copy()
 
     def sample(self, seeds: Sequence[int], valid: np.ndarray | None = None, truncate: bool = True):
         """seeds [B] item seeds, valid [B, h, w] bool or None -> [MaskBatch] (truncate=False: the raw lists)."""

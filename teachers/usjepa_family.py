@@ -32,6 +32,13 @@ SLACK = 1.5  # a declared network may hold at most this many times the values in
 MIN_SLACK = 1_000_000
 
 
+class UsjepaEncoderBackbone(UsjepaBackbone):
+    """The encoder embeds its own tokens (sin-cos added, or RoPE handed to every block)."""
+
+    def embed(self, x):
+        return self.net.block_inputs(x)
+
+
 def encoder_stats(vit) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(vit.input_mean.flatten().tolist()), tuple(vit.input_std.flatten().tolist())
 
@@ -113,7 +120,8 @@ def check_declared(mc: Any, shapes: dict[str, tuple[int, ...]], source: str, whe
     facts.declare("in_chans", c, where)
     facts.declare("cls_token", cls, where)
     facts.declare("registers", 0, "usjepa encoders have none")
-    facts.declare("pos_grid", list(grid), f"{where}: img_size {list(size)}; sin-cos positions exact at any grid")
+    kind = mc.get("pos_embed", "sincos")
+    facts.declare("pos_grid", list(grid), f"{where}: img_size {list(size)}; {kind} positions exact at any grid")
     return facts
 
 
@@ -126,5 +134,5 @@ def build_usjepa(checkpoint: str, *, strict: bool = True, which: str = "model", 
         raise CheckpointError(f"{source} holds a patch-{facts.get('patch')} encoder, not patch {patch_size}")
     vit = load_encoder_checkpoint(checkpoint, which=which)
     desc = f"usjepa vit d{vit.embed_dim} x{vit.depth} h{vit.num_heads} p{vit.patch_size} c{vit.in_chans}"
-    return Built(UsjepaBackbone(vit), report=KeyReport(source), arch=desc, norm_stats=encoder_stats(vit),
+    return Built(UsjepaEncoderBackbone(vit), report=KeyReport(source), arch=desc, norm_stats=encoder_stats(vit),
                  norm_source=f"the encoder's own norm_mean / norm_std ({where})", facts=facts)

@@ -17,6 +17,7 @@ VERBS_HELP = """verbs:
   export     write a checkpoint's encoder as timm-compatible safetensors
   demo       the whole method end to end on simulated data: teacher -> student -> probes -> table
   config     print the resolved config (or the configuration reference) without running anything
+  masks      draw masks exactly as training would and print the effective masking (tokens, masked share)
   data       data tools: `preview` writes each item's region and model input and a contact sheet
 
 Run `usjepa <verb> --help` for the arguments of a verb."""
@@ -61,8 +62,9 @@ def _export(args) -> int:
 
     enc = load_encoder_checkpoint(args.checkpoint, which=args.which)
     path = export_encoder(enc, args.out)
-    kw = ", ".join(f"{k}={v!r}" for k, v in enc.timm_kwargs().items())
-    print(f"wrote {path}\nload it with: timm.create_model('vit_base_patch16_224', {kw}, checkpoint_path='{path}')")
+    name, timm_kw = enc.timm_spec()  # timm's ViT (sin-cos) or Eva (RoPE)
+    kw = ", ".join(f"{k}={v!r}" for k, v in timm_kw.items())
+    print(f"wrote {path}\nload it with: timm.create_model('{name}', {kw}, checkpoint_path='{path}')")
     return 0
 
 
@@ -129,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("sweep", "launch.cli", "add_sweep_arguments", "run_sweep", "submit a grid of overrides as one job array"),
         ("status", "launch.cli", "add_status_arguments", "run_status", "table of the jobs in a run or sweep folder"),
         ("demo", "usjepa.demo", "add_arguments", "run_from_args", "the whole method end to end on simulated data"),
+        ("masks", "usjepa.train.mask_preview", "add_arguments", "run_from_args",
+         "draw masks as training would: context / target tokens and masked share per mask pair"),
         ("data", "usjepa.data.cli", "add_arguments", "run_from_args", "data tools: preview what the model receives"),
     ]
     for verb, module, add, run, help_ in lazy:

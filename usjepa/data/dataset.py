@@ -159,20 +159,24 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         """The item's tensors; raises BadItem for unreadable input."""
         cfg = self.cfg
         img, region = self.source_view(idx)
-        if cfg.preprocess in ("fan", "usjepa"):
+        if cfg.preprocess in ("fan", "usrc"):
             img = remove_overlays(img, region)  # gray, overlays outside the fan zeroed, colour marks inpainted
             if region is not None:
                 t, b, lft, r = region_bbox(region)
                 img, region = img[t:b, lft:r], region[t:b, lft:r]
-            if cfg.preprocess == "usjepa":
+            if cfg.preprocess == "usrc":
                 img = percentile_rescale(img, region)
+        elif cfg.preprocess == "usjepa":  # plain US-JEPA keeps the whole frame; the fan only sets the percentiles
+            img = percentile_rescale(remove_overlays(img, None), region, keep_outside=True)
+            region = None  # crops, flips and photometric ops act on the whole frame
         elif cfg.preprocess != "none":
-            raise ValueError(f"data.preprocess must be none, fan or usjepa, got '{cfg.preprocess}'")
+            raise ValueError(f"data.preprocess must be none, fan, usjepa or usrc, got '{cfg.preprocess}'")
         if cfg.channels == 1 and img.ndim == 3:
             img = to_gray(img)
         reg = region if region is not None else np.ones(img.shape[:2], bool)
         if rng is not None:
-            img, reg = augment_geometry(img, reg, rng, self.img_size, tuple(cfg.crop_scale), cfg.hflip, cfg.vflip)
+            img, reg = augment_geometry(img, reg, rng, self.img_size, tuple(cfg.crop_scale), cfg.hflip, cfg.vflip,
+                                        ratio=tuple(getattr(cfg, "crop_ratio", (3 / 4, 4 / 3))))
             img = photometric(img, reg if region is not None else np.ones_like(reg), rng, cfg.augment_policy)
         else:
             img, reg = resize_full(img, reg, self.img_size, cfg.resize)

@@ -141,11 +141,13 @@ def remove_overlays(img: np.ndarray, region: np.ndarray | None, max_marks: float
     return gray
 
 
-def percentile_rescale(gray: np.ndarray, region: np.ndarray | None, lo: float = 2.0, hi: float = 98.0) -> np.ndarray:
-    """Map the lo-th..hi-th percentiles of the pixels inside the region to 0..1 (clipped); outside stays 0."""
+def percentile_rescale(gray: np.ndarray, region: np.ndarray | None, lo: float = 2.0, hi: float = 98.0,
+                       keep_outside: bool = False) -> np.ndarray:
+    """Map the lo-th..hi-th percentiles of the pixels inside the region to 0..1 (clipped); outside the region
+    becomes 0, or (keep_outside: plain US-JEPA keeps the whole frame) goes through the same mapping."""
     vals = gray[region] if region is not None and region.any() else gray.ravel()
     if vals.size > 65536:  # percentiles of a strided subsample are as good and much cheaper
         vals = vals[:: vals.size // 65536 + 1]
     a, b = np.percentile(vals, [lo, hi])
     out = np.clip((gray - a) / max(float(b - a), 1e-6), 0.0, 1.0).astype(np.float32)
-    return np.where(region, out, 0.0).astype(np.float32) if region is not None else out
+    return np.where(region, out, 0.0).astype(np.float32) if region is not None and not keep_outside else out

@@ -23,7 +23,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 from launch.config import LaunchConfig
 from teachers.config import TeacherConfig
-from usjepa.data.config import DataConfig
+from usjepa.data.config import COLOUR_FRAMES, PANES, DataConfig
 
 
 class ConfigError(ValueError):
@@ -328,6 +328,8 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.mask.sampler, SAMPLERS, "mask.sampler")
     _choice(cfg.train.precision, ("auto", "bf16", "fp32"), "train.precision")
     _choice(cfg.teacher.precision, PRECISIONS, "teacher.precision")
+    _choice(cfg.data.panes, PANES, "data.panes")
+    _choice(cfg.data.colour_frames, COLOUR_FRAMES, "data.colour_frames")
     if len(cfg.data.sim_lesion_size):
         from usjepa.data.phantom import check_lesion_size
 

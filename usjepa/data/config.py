@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+PANES = ("split", "whole")  # data.panes
+COLOUR_FRAMES = ("skip", "gray", "keep")  # data.colour_frames
+
 
 @dataclass
 class DataConfig:
@@ -34,6 +37,8 @@ class DataConfig:
     # --- sources
     frame_stride: int = 1  # DICOM cine / video: keep every n-th frame
     max_frames: int = 0  # DICOM cine / video: at most this many frames per file, evenly spread (0 = all)
+    panes: str = "split"  # multi-pane exports: split (each pane is an item with its own region) | whole (one item)
+    colour_frames: str = "skip"  # colour / power Doppler frames: skip (reported) | gray (colour inpainted) | keep
     patient_regex: str = ""  # folder sources: regex on the relative path whose group 1 is the patient id
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # when the source has no splits
     # --- balanced sampling (US-JEPA: per-dataset cap; organ weights fix organ bias)

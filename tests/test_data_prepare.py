@@ -89,7 +89,7 @@ def test_prepare_writes_few_shards_an_index_and_the_bad_items(prepared, src):
     names = {p.name for p in out.iterdir()}
     assert names == {f"{k}-{i:05d}.{e}" for i in range(3) for k, e in (("frames", "npy"), ("regions", "npy"),
                                                                        ("items", "parquet"), ("shard", "json"))} \
-        | {fmt.META, fmt.INDEX, fmt.BAD}  # no temp file left behind
+        | {fmt.META, fmt.INDEX, fmt.BAD, ".lock"}  # no temp file left behind
     index = pd.read_parquet(out / fmt.INDEX)
     files = index["path"].map(lambda p: Path(p).name)
     assert sorted(index.loc[files == "dual.png", "pane"]) == [0, 1]  # both panes, each its own item
@@ -125,6 +125,10 @@ def test_prepared_frames_equal_the_per_item_preprocessed_frames(prepared, src):
         x, y = per_item[j], shards[i]  # un-augmented model inputs: one uint8 resize vs one float resize
         assert torch.equal(x["region"], y["region"]) and (x["image"] - y["image"]).abs().max() <= 2 / 255
         assert (x["label"], x["patient_id"]) == (y["label"], y["patient_id"])
+    parts = {s: set(build_dataset(_prepared_cfg(out).data, s, IMG, augment=False).patient_ids)
+             for s in ("train", "val", "test")}  # split by patient on the metadata table, as for other sources
+    assert not (parts["train"] & parts["val"] or parts["train"] & parts["test"] or parts["val"] & parts["test"])
+    assert set.union(*parts.values()) == set(shards.patient_ids)
 
 
 def test_max_side_bounds_stored_frames_and_usjepa_keeps_the_whole_frame(src, cache, tmp_path):
@@ -188,12 +192,18 @@ def test_other_settings_are_refused_with_the_keys_named(prepared, src, tmp_path)
     with pytest.raises(DataError, match=r"data\.panes: shards 'split', config 'whole'"):
         prepare(_cfg(src, "data.panes=whole"), out, workers=1, shard_rows=3)
     assert _snapshot(out) == before  # nothing overwritten
+    import fcntl
+
+    with open(out / ".lock") as held:  # another run writing this folder
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(DataError, match="another `usjepa data prepare` is writing"):
+            prepare(_cfg(src), out, workers=1, shard_rows=3)
     with pytest.raises(ConfigError, match="holds no prepared shards"):
         _prepared_cfg(tmp_path)
     (tmp_path / "x.txt").write_text("mine")
     with pytest.raises(DataError, match="not empty"):
         prepare(_cfg(src), tmp_path, workers=1)
-    assert (tmp_path / "x.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
 
 def test_ranks_and_workers_see_disjoint_items(prepared):
@@ -251,7 +261,7 @@ def test_training_from_shards_resumes_bit_exactly(tmp_path, cache):
 
 
 def test_a_pool_that_does_not_close_is_a_clear_error():
-    from usjepa.data.prepare import _close
+    from usjepa.data.pool import _close
 
     class Stuck:  # an executor whose workers never exit
         _processes: dict = {}

@@ -4,9 +4,8 @@
 The source table is cut into chunks of `shard_rows` rows; chunk k becomes shard k, written by one worker process
 to temporary names and renamed, `shard-k.json` last. A killed run redoes only shards without a valid json
 (resumable); a finished folder whose plan (settings, table, file sizes and times) is unchanged is left untouched
-(idempotent); a folder of other settings or data is refused, never overwritten. Workers come from a
-forkserver / spawn pool (no inherited signal handlers; they reset their own) and are closed and joined with a
-timeout, or killed by handle; nothing waits on SIGTERM.
+(idempotent); a folder of other settings or data is refused, never overwritten; one run at a time holds a
+folder (flock). Shards are written in parallel by usjepa.data.pool.
 """
 
 from __future__ import annotations
@@ -15,13 +14,8 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing as mp
 import os
-import signal
-import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,13 +27,14 @@ from usjepa.data import shards as fmt
 from usjepa.data.dataset import item_region, preprocess_frame
 from usjepa.data.errors import BadItem, DataError
 from usjepa.data.panes import SCAN_VERSION, SKIP_REASON, PaneView, item_rows, layout_record, needs_scan
+from usjepa.data.pool import run_jobs
 from usjepa.data.sources import decode
 from usjepa.data.transforms import crop_resize
 
 log = logging.getLogger(__name__)
 
 PROBLEM_COLUMNS = ["path", "kind", "frame", "pane", "reason"]
-JOIN_TIMEOUT_S = 60.0
+LOCK = ".lock"  # held (flock) by the run writing a folder
 
 
 @dataclass
@@ -160,21 +155,6 @@ def parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _worker_init() -> None:
-    """Workers: default SIGTERM (a plain kill ends them), SIGINT left to the parent, one thread each."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:
-        pass
-    import torch
-
-    torch.set_num_threads(1)
-
-
 # ----------------------------------------------------------------------------- the plan
 
 
@@ -225,63 +205,6 @@ def _shard_done(out: Path, k: int, fingerprint: str) -> dict | None:
         return None
 
 
-# ----------------------------------------------------------------------------- the pool
-
-
-def _kill(ex: ProcessPoolExecutor) -> None:
-    """Stop our own workers by handle (SIGKILL: no handler can hold it) and reap them."""
-    procs = list((getattr(ex, "_processes", None) or {}).values())
-    ex.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    for p in procs:
-        p.join(5)
-
-
-def _close(ex: ProcessPoolExecutor, timeout: float) -> None:
-    """Close the pool and join its workers within `timeout` seconds; a clear error (workers killed) past it."""
-    t = threading.Thread(target=ex.shutdown, kwargs={"wait": True}, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        _kill(ex)
-        raise DataError(f"prepare worker processes did not exit within {timeout:.0f} s after their work ended and "
-                        "were stopped; every finished shard is kept: run the same command again to finish")
-
-
-def run_jobs(jobs: list[dict], workers: int, on_shard: Callable[[dict], None] | None = None,
-             join_timeout: float = JOIN_TIMEOUT_S) -> list[dict]:
-    """Run shard jobs in this process (workers <= 1) or in a forkserver / spawn pool; their summaries."""
-    done = []
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            done.append(prepare_shard(job))
-            if on_shard:
-                on_shard(done[-1])
-        return done
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    ex = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context(method), initializer=_worker_init)
-    try:
-        futures = {ex.submit(prepare_shard, job): job["shard"] for job in jobs}
-        for f in as_completed(futures):
-            try:
-                done.append(f.result())
-            except BrokenProcessPool:
-                raise DataError(f"a prepare worker process died (killed, or out of memory) while writing shard "
-                                f"{futures[f]}; every finished shard is kept: run the same command again to "
-                                "finish") from None
-            except (DataError, OSError) as e:
-                raise DataError(f"writing shard {futures[f]} failed: {e}; every finished shard is kept") from None
-            if on_shard:
-                on_shard(done[-1])
-    except BaseException:
-        _kill(ex)
-        raise
-    _close(ex, join_timeout)
-    return sorted(done, key=lambda s: s["shard"])
-
-
 # ----------------------------------------------------------------------------- the command
 
 
@@ -300,8 +223,6 @@ def _write_index(out: Path, n_shards: int) -> int:
 
 def _check_out(out: Path, settings: dict, plan: str) -> dict | None:
     """The finished folder's metadata when it already holds this plan; DataError when it holds something else."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out '{out}' is a file; give a folder")
     if (out / fmt.META).exists():
         meta = fmt.read_meta(out)
         diff = fmt.differences(meta.get("settings", {}), settings)
@@ -314,7 +235,7 @@ def _check_out(out: Path, settings: dict, plan: str) -> dict | None:
             raise DataError(f"'{out}' holds finished shards of other data (the source table, or the size or time of "
                             "its files, changed since); prepare into a new folder, or delete this one first "
                             "(nothing was changed)")
-    elif out.is_dir() and any(out.iterdir()):
+    elif any(p.name != LOCK and not fmt.is_tmp(p.name) for p in out.iterdir()):
         raise DataError(f"--out '{out}' is not empty and holds no prepared shards; choose a new or empty folder")
     return None
 
@@ -322,10 +243,7 @@ def _check_out(out: Path, settings: dict, plan: str) -> dict | None:
 def prepare(cfg, out_dir: str | os.PathLike, workers: int = 0, shard_rows: int = 8192,
             on_shard: Callable[[dict], None] | None = None) -> PrepareResult:
     """Prepare the data of a pretraining config (its `data` section at `model.img_size`) into shards in out_dir."""
-    from omegaconf import OmegaConf
-
-    from usjepa.config import git_info, package_versions
-    from usjepa.data.build import _usable_cpus, load_table
+    from usjepa.data.build import load_table
 
     data = cfg.data
     if data.source == "prepared":
@@ -339,13 +257,50 @@ def prepare(cfg, out_dir: str | os.PathLike, workers: int = 0, shard_rows: int =
     chunks = [recs[i:i + shard_rows] for i in range(0, len(recs), shard_rows)]
     prints = _fingerprints(chunks, settings)
     plan = hashlib.sha1("".join(prints).encode()).hexdigest()
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out '{out}' is a file; give a folder")
+    if out.is_dir() and not (out / fmt.META).exists():
+        _check_out(out, settings, plan)  # refuse a folder of other files before putting a lock file into it
+    out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)
+    try:
+        return _prepare_into(out, cfg, settings, table, recs, chunks, prints, plan, workers, shard_rows, on_shard)
+    finally:
+        lock.close()
+
+
+def _lock(out: Path):
+    """An exclusive lock on the folder for this run (DataError when another run holds it)."""
+    f = open(out / LOCK, "a")
+    try:
+        import fcntl
+
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # no flock (not POSIX): one run per folder is then the user's care
+        pass
+    except OSError:
+        f.close()
+        raise DataError(f"another `usjepa data prepare` is writing into '{out}'; wait for it or use another "
+                        "folder") from None
+    return f
+
+
+def _prepare_into(out: Path, cfg, settings: dict, table: pd.DataFrame, recs: list[dict], chunks: list[list[dict]],
+                  prints: list[str], plan: str, workers: int, shard_rows: int,
+                  on_shard: Callable[[dict], None] | None) -> PrepareResult:
+    """prepare(), in a folder this run holds the lock of."""
+    from omegaconf import OmegaConf
+
+    from usjepa.config import git_info, package_versions
+    from usjepa.data.build import _usable_cpus
+
+    data = cfg.data
     meta = _check_out(out, settings, plan)
     if meta is not None:
         bad = out / fmt.BAD
         problems = pd.read_csv(bad, keep_default_na=False) if bad.exists() else pd.DataFrame(columns=PROBLEM_COLUMNS)
         return PrepareResult(out, "up to date", int(meta["items"]), int(meta["shards"]), int(meta["shards"]),
                              problems)
-    out.mkdir(parents=True, exist_ok=True)
     for p in out.iterdir():  # temp files of a killed run
         if fmt.is_tmp(p.name):
             p.unlink(missing_ok=True)
@@ -368,7 +323,7 @@ def prepare(cfg, out_dir: str | os.PathLike, workers: int = 0, shard_rows: int =
                          "max_side": settings["max_side"], "columns": columns})
     reused = len(summaries)
     log.info("preparing %d source rows into %d shards in %s (%d done before)", len(recs), len(chunks), out, reused)
-    for s in run_jobs(jobs, workers if workers > 0 else _usable_cpus(), on_shard):
+    for s in run_jobs(prepare_shard, jobs, workers if workers > 0 else _usable_cpus(), on_shard):
         summaries[s["shard"]] = s
     for p in out.iterdir():  # shards of an earlier, longer plan of this unfinished folder
         parts = p.stem.split("-")

@@ -147,7 +147,9 @@ def test_max_side_bounds_stored_frames_and_usjepa_keeps_the_whole_frame(src, cac
         a, _ = per_item.preprocessed(i)
         ref, _ = crop_resize(a, np.ones(a.shape, bool), (0, 0, a.shape[1], a.shape[0]), img.shape)
         assert np.abs(ref - img / np.float32(255)).max() <= U8
-        assert bool(shards[(i, 7)]["region"].all())  # plain US-JEPA: crops and jitter act on the whole frame
+        item = shards[(i, 7)]
+        assert bool(item["region"].all())  # plain US-JEPA: crops and jitter act on the whole frame
+        assert item["image"].dtype == torch.float32 and item["image"].shape == (1, *IMG)
 
 
 def test_kill_then_resume_gives_the_bytes_of_one_run(prepared, src, tmp_path):

@@ -94,6 +94,7 @@ def prepare_shard(job: dict) -> dict:
     last: list = [None, None]  # (path, frame) -> decoded frame or its BadItem: a frame's panes share one decode
 
     def frame_of(path: str, kind: str, frame: int) -> np.ndarray:
+        frame = max(frame, 0)  # images: -1 and 0 are the one frame
         if last[0] != (path, frame):
             try:
                 last[1] = decode(path, kind, frame)  # full resolution (the per-item path may draft-decode JPEG)
@@ -118,7 +119,12 @@ def prepare_shard(job: dict) -> dict:
                         layouts[key] = layout_record(frame_of(rec["path"], rec["kind"], scan_at))
                     except BadItem:
                         layouts[key] = None  # reported below, when its item is read
+                    except Exception as e:  # a long job never dies on one bad image
+                        layouts[key] = f"other (layout scan: {type(e).__name__}: {e})"
                 lay = layouts[key]
+                if isinstance(lay, str):
+                    problems.append(_problem(rec, lay))
+                    continue
             rows, skipped = item_rows(rec, lay, d.panes == "split", d.colour_frames, d.region)
             problems += [_problem(s, s["reason"]) for s in skipped]
             for row in rows:

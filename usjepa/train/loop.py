@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from usjepa.config import ConfigError, save_run_config
+from usjepa.errors import UsjepaError
 from usjepa.masks import MaskCollator, build_masker
 from usjepa.models.checkpoint_io import CheckpointError, export_encoder, strict_load
 from usjepa.train.build import build_objective, holdout_split
@@ -77,7 +78,7 @@ RESUME_KEYS = (
 )
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UsjepaError, RuntimeError):
     """The run cannot go on (diverged loss, bad data share...); the last good checkpoint is kept."""
 
 

@@ -32,8 +32,6 @@ OS_HINTS = {
     errno.EEXIST: "it already exists: choose another path or remove it first",
     errno.ENAMETOOLONG: "the file name is too long: choose a shorter path",
 }
-# OSError subclasses raised with a message of our own (no errno), e.g. FileNotFoundError("teacher checkpoint ...")
-_MESSAGE_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 class UsjepaError(Exception):
@@ -45,27 +43,39 @@ def one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+_PATH_LOCALS = ("path", "filename", "file", "out", "dst", "target", "tmp")
+
+
+def _path_in_frames(exc: BaseException, suffix: str = "") -> str | None:
+    """The file a failing call was working on, from the innermost frame holding one (the OS names no file for a
+    failed write(), and safetensors names none at all)."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        for name in _PATH_LOCALS:
+            value = local.get(name)
+            if isinstance(value, (str, os.PathLike)):
+                text = os.fsdecode(value)
+                if text and (os.sep in text or "." in text) and text.endswith(suffix):
+                    found = text
+                    break
+        tb = tb.tb_next
+    return found
+
+
 def _os_message(exc: OSError) -> str | None:
     if exc.errno in OS_HINTS:
-        path = exc.filename if exc.filename is not None else getattr(exc, "filename2", None)
+        path = exc.filename if exc.filename is not None else _path_in_frames(exc)
         where = f" '{os.fsdecode(path)}'" if path is not None else ""
         return f"{exc.strerror or os.strerror(exc.errno)}{where}: {OS_HINTS[exc.errno]}"
-    if exc.errno is None and isinstance(exc, _MESSAGE_OS_ERRORS) and str(exc):
+    if exc.errno is None and str(exc):  # raised with a message of its own, e.g. FileNotFoundError("teacher ...")
         return str(exc)
     return None
 
 
-def _damaged_safetensors(exc: BaseException) -> str | None:
-    """safetensors' own errors name no file: find the file in the failing call's frames (the innermost path)."""
-    path = None
-    tb = exc.__traceback__
-    while tb is not None:
-        for name in ("filename", "path", "checkpoint", "file"):
-            value = tb.tb_frame.f_locals.get(name)
-            if isinstance(value, (str, os.PathLike)) and os.fspath(value).endswith(".safetensors"):
-                path = os.fspath(value)
-                break
-        tb = tb.tb_next
+def _damaged_safetensors(exc: BaseException) -> str:
+    path = _path_in_frames(exc, ".safetensors")
     where = f" '{path}'" if path else ""
     return (f"cannot read the safetensors file{where} ({one_line(str(exc))}): it is damaged, truncated or not a "
             "safetensors file; export or download it again")
@@ -95,10 +105,21 @@ def report(exc: BaseException, verbose: bool = False, prog: str = "usjepa") -> i
     msg = user_message(exc)
     if msg is None:
         return None
+    _close_progress_bars()
     if debug_requested(verbose):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     print(f"error: {msg}", file=sys.stderr)
     return EXIT_USER_ERROR
+
+
+def _close_progress_bars() -> None:
+    """End any live tqdm bar on its own line, so the error line starts a line of its own."""
+    std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", ()) or ()):
+        try:
+            bar.close()
+        except Exception:  # a bar that cannot close must not hide the error
+            pass
 
 
 def run_reporting(fn: Callable[[], int | None], verbose: bool = False, prog: str = "usjepa") -> int:

@@ -58,15 +58,28 @@ def _finish(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 
 def _expand_frames(df: pd.DataFrame, stride: int, max_frames: int) -> pd.DataFrame:
-    """One row per sampled frame of every DICOM / video row whose frame is -1."""
+    """One row per sampled frame of every DICOM / video row whose frame is -1.
+
+    A DICOM whose pixel data holds fewer frames than its header declares is sampled over the frames it holds, plus
+    one row for its first missing frame, so the disagreement shows once in the bad-item report (not once per frame).
+    """
     rows = []
     for rec in df.to_dict("records"):
         if rec["kind"] in ("dicom", "video") and int(rec["frame"]) < 0:
             n = count_frames(rec["path"], rec["kind"])
-            idx = sample_frames(n, stride, max_frames)
+            held = dicom_pixel_frames(rec["path"], n) if rec["kind"] == "dicom" and n > 0 else None
+            usable = n if held is None else min(n, held)
+            idx = sample_frames(usable, stride, max_frames)
             rows.extend({**rec, "frame": int(i)} for i in idx)
             if n == 0:  # unreadable header: keep one row, so it is reported as bad when read
                 rows.append({**rec, "frame": 0})
+            elif usable < n:  # the header promises frames that are not there: one row to report it
+                log.warning("%s: the header declares %d frames (NumberOfFrames) but the pixel data holds %d; using "
+                            "those %d", rec["path"], n, held, held)
+                rows.append({**rec, "frame": usable})
+            elif held is not None and held > n:
+                log.warning("%s: the pixel data holds %d frames but the header declares %d (NumberOfFrames); reading "
+                            "%d", rec["path"], held, n, n)
         else:
             rows.append(rec)
     return pd.DataFrame(rows, columns=df.columns)
@@ -99,6 +112,51 @@ def count_frames(path: str, kind: str) -> int:
         return 0
 
 
+def _native_frame_bytes(hdr) -> int:
+    """Bytes of one frame of uncompressed pixel data (1-bit data is packed)."""
+    pixels = int(hdr.Rows) * int(hdr.Columns) * int(getattr(hdr, "SamplesPerPixel", 1) or 1)
+    bits = int(getattr(hdr, "BitsAllocated", 8) or 8)
+    return -(-pixels * bits // 8)
+
+
+@lru_cache(maxsize=256)
+def _pixel_frames(path: str, mtime: float, declared: int) -> int | None:
+    """Frames the pixel data of a DICOM holds (reads element headers and offsets, not the pixels)."""
+    import pydicom
+    from pydicom.encaps import parse_basic_offsets, parse_fragments
+    from pydicom.tag import Tag
+
+    ds = pydicom.dcmread(path, defer_size=256)
+    raw = ds.get_item(Tag(0x7FE0, 0x0010), keep_deferred=True)
+    if raw is None:
+        return 0
+    length = getattr(raw, "length", None)
+    if length is None:  # read in full (small): its own length
+        length = len(ds.PixelData)
+    if length != 0xFFFFFFFF:  # native (uncompressed) pixel data
+        per_frame = _native_frame_bytes(ds)
+        return length // per_frame if per_frame else None
+    if "ExtendedOffsetTable" in ds:
+        return len(ds.ExtendedOffsetTable) // 8
+    endian = "<" if raw.is_little_endian else ">"
+    with open(path, "rb") as f:  # encapsulated: a Basic Offset Table entry per frame, else at least a fragment each
+        f.seek(raw.value_tell)
+        offsets = parse_basic_offsets(f, endianness=endian)
+        fragments, _ = parse_fragments(f, endianness=endian)
+    if offsets:
+        return len(offsets)
+    return fragments if fragments < declared or declared == 1 else None  # more fragments: frames may span several
+
+
+def dicom_pixel_frames(path: str, declared: int) -> int | None:
+    """Frames the pixel data holds, checked against the `declared` NumberOfFrames; None when it cannot be told."""
+    try:
+        return _pixel_frames(path, os.path.getmtime(path), int(declared))
+    except Exception as e:  # unreadable: the decoder reports the file as bad
+        log.debug("cannot count the pixel-data frames of %s: %s", path, e)
+        return None
+
+
 def scan_folder(root: str, kinds: set[str], label_from_folder: bool = False, patient_regex: str = "",
                 stride: int = 1, max_frames: int = 0) -> pd.DataFrame:
     """All files of the given kinds under root (recursive, sorted). Patient = regex group 1 on the relative path,
@@ -117,21 +175,39 @@ def scan_folder(root: str, kinds: set[str], label_from_folder: bool = False, pat
         pat = re.compile(patient_regex)
         df["patient_id"] = [(m.group(1) if (m := pat.search(r)) else Path(r).stem) for r in rel]
     else:
-        df["patient_id"] = [_dicom_patient(f) if k == "dicom" else None for f, k in zip(files, df["kind"], strict=True)]
+        df["patient_id"] = _dicom_patients(files, df["kind"].tolist())
     if label_from_folder:
         df["label_name"] = [r.split(os.sep)[0] if os.sep in r else "" for r in rel]
     df = _finish(df, base.name)
     return _expand_frames(df, stride, max_frames)
 
 
-def _dicom_patient(path: str) -> str | None:
+def _dicom_patient(path: str) -> tuple[str | None, str]:
+    """(PatientID, '') or (None, why it is missing)."""
     try:
         import pydicom
 
-        pid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", ""))
-        return pid or None
-    except Exception:
-        return None
+        pid = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", None)
+    except Exception as e:
+        return None, f"unreadable header ({type(e).__name__}: {e})"
+    pid = "" if pid is None else str(pid).strip()
+    return (pid, "") if pid else (None, "no PatientID")
+
+
+def _dicom_patients(files: list[str], kinds: list[str]) -> list[str | None]:
+    """PatientID of every DICOM (None for other files); files without one are counted and logged, not hidden."""
+    out, missing = [], []
+    for f, k in zip(files, kinds, strict=True):
+        pid, why = _dicom_patient(f) if k == "dicom" else (None, "")
+        out.append(pid)
+        if why:
+            missing.append(f"{f} ({why})")
+    if missing:
+        n_dicom = sum(k == "dicom" for k in kinds)
+        log.warning("%d of %d DICOM files have no usable PatientID, so each counts as its own patient (frames of one "
+                    "patient may then land in different splits; set data.patient_regex): %s%s", len(missing), n_dicom,
+                    "; ".join(missing[:3]), " ..." if len(missing) > 3 else "")
+    return out
 
 
 def read_manifest(path: str, root: str = "", stride: int = 1, max_frames: int = 0) -> pd.DataFrame:
@@ -260,10 +336,15 @@ def read_dicom(path: str, frame: int = 0) -> np.ndarray:
     """One frame of a (multi-frame) DICOM: MONOCHROME1 inverted, YBR converted to RGB -> float32 in [0, 1]."""
     from pydicom.pixels import pixel_array
 
-    hdr = _dicom_header(path, os.path.getmtime(path))
+    mtime = os.path.getmtime(path)
+    hdr = _dicom_header(path, mtime)
     n = int(getattr(hdr, "NumberOfFrames", 1) or 1)
     if not 0 <= frame < n:
         raise BadItem(f"frame {frame} out of range (file has {n})", path)
+    held = dicom_pixel_frames(path, n)
+    if held is not None and frame >= held:
+        raise BadItem(f"frame {frame} out of range: the header declares {n} frames (NumberOfFrames) but the pixel "
+                      f"data holds {held}", path)
     arr = pixel_array(path, index=frame if n > 1 else None)
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4) and n == 1:
         arr = arr[0]

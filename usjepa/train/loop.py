@@ -144,6 +144,8 @@ class _Trainer:
         frac = cfg.train.val_fraction if cfg.train.val_every > 0 else 0.0
         patients = getattr(ds, "patient_ids", None)
         train_idx, val_idx = holdout_split(len(ds), patients, frac, cfg.train.seed)
+        log.info("training on %d of %d items, %d held out for validation (train.val_fraction=%g)",
+                 len(train_idx), len(ds), len(val_idx), frac)
         self.dataset, self.train_idx, self.val_idx = ds, train_idx, val_idx
         self.val_dataset = (
             build_dataset(cfg.data, split="train", img_size=img, augment=False, seed=cfg.data.seed)

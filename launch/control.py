@@ -94,6 +94,8 @@ def cancel(path: str | Path, dry_run: bool = False) -> list[CancelOutcome]:
                 out.append(CancelOutcome(run, job_id, "skipped", "run completed"))
             else:
                 to_scancel.append((run, launch, job_id))
+        elif status.get("state") == "completed":
+            out.append(CancelOutcome(run, job_id, "skipped", "run completed"))
         else:
             pid = local_pid(launch)
             if pid is None:

@@ -23,6 +23,7 @@ from typing import Any
 from usjepa.data.errors import DataError
 
 JOIN_GRACE_S = 30.0  # after the last result: how long idle workers may take to leave before they are killed
+POLL_S = 1.0  # how often the parent looks at its workers while it waits for a result
 
 
 def _reset_signals() -> None:
@@ -59,6 +60,31 @@ def _kill(pool: Any) -> None:
     pool.terminate()  # the workers are gone: this only joins the pool's threads
 
 
+def _collect(pool: Any, it: Any, n: int, workers: int, stall_s: float, what: str) -> list[Any]:
+    """The n results in order; a DataError when workers keep dying at start-up or no result comes for stall_s."""
+    results: list[Any] = []
+    started = {p.pid for p in pool._pool}
+    last = time.monotonic()
+    while len(results) < n:
+        try:
+            results.append(it.next(timeout=POLL_S))
+            last = time.monotonic()
+            continue
+        except mp.TimeoutError:
+            pass
+        started |= {p.pid for p in list(pool._pool)}
+        if not results and len(started) > 2 * workers:
+            raise DataError(f"{what}: worker processes keep exiting at start-up ({len(started)} started, no task "
+                            "done). Workers start by importing the main script: if this runs from a Python script, "
+                            "put its code under `if __name__ == \"__main__\":`; or use one worker "
+                            "(data.sim_workers=1 / --workers 1)")
+        if time.monotonic() - last > stall_s:
+            raise DataError(f"{what}: no result for {stall_s:.0f} s after {len(results)} of {n} tasks (a worker may "
+                            "have been killed, e.g. out of memory); run it again with fewer workers "
+                            "(data.sim_workers / --workers 1)")
+    return results
+
+
 def starmap_bounded(fn: Callable[..., Any], jobs: Iterable[Sequence[Any]], workers: int, stall_s: float = 600.0,
                     what: str = "worker pool") -> list[Any]:
     """[fn(*job) for job in jobs] in `workers` processes, in order; DataError when no result comes for `stall_s` s.
@@ -71,15 +97,7 @@ def starmap_bounded(fn: Callable[..., Any], jobs: Iterable[Sequence[Any]], worke
     ctx = _context(fn.__module__)
     pool = ctx.Pool(workers, initializer=_reset_signals)
     try:
-        results = []
-        it = pool.imap(_Star(fn), jobs, chunksize=1)
-        for i in range(len(jobs)):
-            try:
-                results.append(it.next(timeout=stall_s))
-            except mp.TimeoutError:
-                raise DataError(f"{what}: no result for {stall_s:.0f} s after {i} of {len(jobs)} tasks (a worker may "
-                                "have been killed, e.g. out of memory); run it again with fewer workers "
-                                "(data.sim_workers / --workers 1)") from None
+        results = _collect(pool, pool.imap(_Star(fn), jobs, chunksize=1), len(jobs), workers, stall_s, what)
         pool.close()
         deadline = time.monotonic() + JOIN_GRACE_S
         for p in list(pool._pool):

@@ -90,12 +90,12 @@ def cancel(path: str | Path, dry_run: bool = False) -> list[CancelOutcome]:
             state = states.get(job_id)
             if state is not None and state not in ACTIVE_SLURM_STATES:
                 out.append(CancelOutcome(run, job_id, "skipped", f"job already ended ({state})"))
-            elif state is None and status.get("state") == "completed":
-                out.append(CancelOutcome(run, job_id, "skipped", "run completed"))
+            elif state is None and status.get("state") in ("completed", "failed"):
+                out.append(CancelOutcome(run, job_id, "skipped", f"run {status['state']}"))
             else:
                 to_scancel.append((run, launch, job_id))
-        elif status.get("state") == "completed":
-            out.append(CancelOutcome(run, job_id, "skipped", "run completed"))
+        elif status.get("state") in ("completed", "failed"):
+            out.append(CancelOutcome(run, job_id, "skipped", f"run {status['state']}"))
         else:
             pid = local_pid(launch)
             if pid is None:

@@ -128,8 +128,8 @@ def _pixel_frames(path: str, mtime: float, declared: int) -> int | None:
 
     ds = pydicom.dcmread(path, defer_size=256)
     raw = ds.get_item(Tag(0x7FE0, 0x0010), keep_deferred=True)
-    if raw is None:
-        return 0
+    if raw is None:  # no pixel data at all: the decoder reports the file as bad
+        return None
     length = getattr(raw, "length", None)
     if length is None:  # read in full (small): its own length
         length = len(ds.PixelData)
@@ -176,8 +176,11 @@ def scan_folder(root: str, kinds: set[str], label_from_folder: bool = False, pat
         df["patient_id"] = [(m.group(1) if (m := pat.search(r)) else Path(r).stem) for r in rel]
     else:
         df["patient_id"] = _dicom_patients(files, df["kind"].tolist())
-    if label_from_folder:
-        df["label_name"] = [r.split(os.sep)[0] if os.sep in r else "" for r in rel]
+    if label_from_folder:  # class = first sub-folder; label = its index among the sorted class names
+        names = [r.split(os.sep)[0] if os.sep in r else "" for r in rel]
+        classes = sorted({n for n in names if n})
+        df["label_name"] = names
+        df["label"] = [classes.index(n) if n else -1 for n in names]
     df = _finish(df, base.name)
     return _expand_frames(df, stride, max_frames)
 

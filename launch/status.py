@@ -122,6 +122,8 @@ def run_state(launch: dict, status: dict, slurm: dict[str, str]) -> str:
     if slurm.get(job_id):
         return slurm[job_id]
     state = status.get("state") or ("submitted" if launch else "unknown")
+    if launch.get("cancelled") and state in ("running", "submitted", "preempted"):  # SLURM no longer knows it
+        return "cancelled"
     if state in ("running", "submitted") and local_job_alive(launch) is False:
         return "cancelled" if launch.get("cancelled") else "stopped"  # killed without a word (kill -9, reboot)
     return state

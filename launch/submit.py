@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -89,12 +90,14 @@ def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
     if not ids:
         return {}
     states: dict[str, str] = {}
-    if shutil.which("sacct"):
-        out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)])
+    if shutil.which("sacct"):  # asked by array job: members that never started only have a '123_[2-5%1]' record
+        parents = sorted({i.split("_")[0] for i in ids})
+        out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(parents)])
         for line in (out or "").splitlines():
             parts = line.strip().split("|")
             if len(parts) >= 2 and parts[0]:
-                states[parts[0]] = parts[1].split()[0]  # "CANCELLED by 0" -> CANCELLED
+                for jid in _array_members(parts[0]):
+                    states[jid] = parts[1].split()[0]  # "CANCELLED by 0" -> CANCELLED
     if shutil.which("squeue"):  # squeue is fresher for queued jobs, and works without accounting
         # -r: one line per array member; without it pending members collapse into one '123_[2-5]' line
         out = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(ids)])
@@ -102,7 +105,20 @@ def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
             parts = line.strip().split("|")
             if len(parts) == 2:
                 states[parts[0]] = parts[1]
-    return states
+    # an array none of whose members ever started may be recorded under its bare id
+    return {j: states.get(j) or states[j.split("_")[0]] for j in ids if j in states or j.split("_")[0] in states}
+
+
+def _array_members(job_id: str) -> list[str]:
+    """'123_[1-3,7%2]' -> ['123_1', '123_2', '123_3', '123_7']; any other id -> [id]."""
+    m = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", job_id)
+    if not m:
+        return [job_id]
+    out = []
+    for part in m.group(2).split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def _run(cmd: list[str]) -> str | None:

@@ -165,3 +165,21 @@ def test_a_local_job_whose_process_is_gone_is_not_reported_running(tmp_path) -> 
 
 def read_json_host(d: Path) -> str:
     return json.loads((d / "launch.json").read_text())["host"]
+
+
+def test_members_that_never_started_take_the_state_of_their_array_record(monkeypatch) -> None:
+    import launch.submit as submit_mod
+
+    asked = []
+
+    def fake_run(cmd):
+        asked.append(cmd)
+        if cmd[0] == "sacct":  # asked by array: never-started members exist only as '71_[1-3%1]' (or as '72')
+            return "71_0|CANCELLED by 0\n71_[1-3%1]|CANCELLED by 0\n72|CANCELLED by 0\n"
+        return ""  # squeue: gone
+
+    monkeypatch.setattr(submit_mod.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(submit_mod, "_run", fake_run)
+    states = submit_mod.slurm_job_states(["71_0", "71_2", "72_1", "73_0"])
+    assert states == {"71_0": "CANCELLED", "71_2": "CANCELLED", "72_1": "CANCELLED"}
+    assert asked[0][-1] == "71,72,73"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 VERBS_HELP = """verbs:
@@ -46,6 +47,21 @@ class IntermixedParser(argparse.ArgumentParser):
             self._intermixing = False
 
 
+def _settle_positionals(args: argparse.Namespace) -> None:
+    """`key=value` overrides may also come before the config file: the file is the first positional that is not
+    an override (has no '=', or names an existing file), whatever the order it was typed in."""
+    for name in ("config", "sweep"):
+        first = getattr(args, name, None)
+        rest = getattr(args, "overrides", None)
+        if not isinstance(first, str) or not isinstance(rest, list) or "=" not in first or os.path.exists(first):
+            continue
+        items = [first, *rest]
+        pick = next((i for i, a in enumerate(items) if "=" not in a or os.path.exists(a)), None)
+        if pick is not None:
+            setattr(args, name, items.pop(pick))
+            args.overrides = items
+
+
 def _add_verbose_everywhere(parser: argparse.ArgumentParser) -> None:
     """`-v` also after the verb (`usjepa pretrain CFG -v`), on every sub-command parser."""
     for action in parser._actions:
@@ -85,7 +101,8 @@ def _config(args) -> int:
             print(f"{key:40s} {typ:8s} {default!r}")
         return 0
     if not args.config:
-        print("usjepa config: give a CONFIG file, or --reference", file=sys.stderr)
+        print("error: usjepa config needs a CONFIG file (e.g. configs/pretrain/salt_vit_tiny_sim.yaml), or --reference",
+              file=sys.stderr)
         return 2
     print(OmegaConf.to_yaml(load_config(args.config, args.overrides), resolve=True), end="")
     return 0
@@ -197,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one verb. Expected failures print one `error: ...` line and exit 2 (-v or USJEPA_DEBUG=1: traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _settle_positionals(args)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from teachers import cache as cache_cli
-from teachers.inspection import format_report, inspect_checkpoint, verify_teacher
+from teachers.inspection import detect_file_family, format_report, inspect_checkpoint, verify_teacher
 from usjepa.errors import one_line
 
 
@@ -62,7 +62,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             if not family:
                 if args.checkpoint is None:
                     raise ValueError("verify needs --family (or a checkpoint to detect it from)")
-                family = inspect_checkpoint(args.checkpoint)["family"]
+                family = detect_file_family(args.checkpoint)[0]
             info = verify_teacher(family, args.checkpoint, tuple(args.img_size or ()), args.batch, **options)
             ok = info["finite"]
     except ValueError as e:  # a family, option or size the user named wrongly (CheckpointError, missing files and

@@ -20,6 +20,8 @@ VERBS_HELP = """verbs:
   export     write a checkpoint's encoder as timm-compatible safetensors
   demo       the whole method end to end on simulated data: teacher -> student -> probes -> table
   config     print the resolved config (or the configuration reference) without running anything
+  masks      draw masks exactly as training would and print the effective masking (tokens, masked share)
+  data       data tools: `preview` writes each item's region and model input and a contact sheet
 
 Run `usjepa <verb> --help` for the arguments of a verb. Options and key=value overrides mix in any order.
 Errors print one `error: ...` line (exit status 2); -v or USJEPA_DEBUG=1 adds the traceback."""
@@ -113,8 +115,9 @@ def _export(args) -> int:
 
     enc = load_encoder_checkpoint(args.checkpoint, which=args.which)
     path = export_encoder(enc, args.out)
-    kw = ", ".join(f"{k}={v!r}" for k, v in enc.timm_kwargs().items())
-    print(f"wrote {path}\nload it with: timm.create_model('vit_base_patch16_224', {kw}, checkpoint_path='{path}')")
+    name, timm_kw = enc.timm_spec()  # timm's ViT (sin-cos) or Eva (RoPE)
+    kw = ", ".join(f"{k}={v!r}" for k, v in timm_kw.items())
+    print(f"wrote {path}\nload it with: timm.create_model('{name}', {kw}, checkpoint_path='{path}')")
     return 0
 
 
@@ -184,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("resubmit", "launch.cli", "add_resubmit_arguments", "run_resubmit",
          "submit again the runs of a folder that failed, were cancelled or timed out"),
         ("demo", "usjepa.demo", "add_arguments", "run_from_args", "the whole method end to end on simulated data"),
+        ("masks", "usjepa.train.mask_preview", "add_arguments", "run_from_args",
+         "draw masks as training would: context / target tokens and masked share per mask pair"),
+        ("data", "usjepa.data.cli", "add_arguments", "run_from_args", "data tools: preview what the model receives"),
     ]
     for verb, module, add, run, help_ in lazy:
         p = sub.add_parser(verb, help=help_, description=help_)

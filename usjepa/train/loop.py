@@ -26,9 +26,8 @@ from tqdm.auto import tqdm
 
 from usjepa.config import ConfigError, save_run_config
 from usjepa.errors import UsjepaError
-from usjepa.masks import MaskCollator, build_masker
 from usjepa.models.checkpoint_io import CheckpointError, export_encoder, strict_load
-from usjepa.train.build import build_objective, holdout_split
+from usjepa.train.build import build_mask_collator, build_objective, holdout_split
 from usjepa.train.checkpoint import (
     FORMAT_VERSION,
     load_training_checkpoint,
@@ -39,8 +38,9 @@ from usjepa.train.checkpoint import (
 )
 from usjepa.train.diagnostics import effective_rank, feature_std
 from usjepa.train.distributed import DistEnv, init_distributed, resolve_env
-from usjepa.train.sampler import ResumableBatchSampler, SeededItems, item_seed
-from usjepa.train.schedules import cosine, warmup_cosine, warmup_steps
+from usjepa.train.mask_preview import record_masks
+from usjepa.train.sampler import ResumableBatchSampler, SeededItems, epoch_length, item_seed
+from usjepa.train.schedules import optim_schedules
 from usjepa.train.step import apply_update, autocast_context, train_step
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _param_groups(modules: dict[str, torch.nn.Module]) -> list[dict]:
         for name, p in mod.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") or "token" in name else decay).append(p)
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)  # as I-JEPA, V-JEPA, MAE
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
 
 
@@ -175,6 +175,7 @@ class _Trainer:
             cfg.optim.accum_steps,
             self._weights(),
             start_step,
+            epoch_items=self.epoch_items,
         )
         self.steps_per_epoch = sampler.steps_per_epoch
         return torch.utils.data.DataLoader(
@@ -343,22 +344,18 @@ class _Trainer:
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
         self._data()
-        per_epoch = len(self.train_idx) // cfg.data.batch_size
+        self.epoch_items = epoch_length(self.dataset, self.train_idx, cfg.data.balance, cfg.data.balance_cap)
+        per_epoch = self.epoch_items // cfg.data.batch_size
         if per_epoch < 1:
             raise ConfigError(
                 f"data.batch_size={cfg.data.batch_size} is larger than the training set ({len(self.train_idx)} items)"
             )
         self.total = cfg.train.epochs * per_epoch if cfg.train.epochs > 0 else cfg.train.steps
         self.objective = build_objective(cfg, self.total).to(self.device)
-        grid = self.objective.student.grid(cfg.model.img_size)
-        masker = build_masker(cfg.mask, grid)
-        self.collator = MaskCollator(
-            masker,
-            cfg.model.patch_size,
-            self.base_collate,
-            use_region=cfg.mask.region.enabled,
-            min_fraction=cfg.mask.region.min_fraction,
-        )
+        self.collator = build_mask_collator(cfg, self.base_collate)
+        if self.main:  # the run's effective masking, drawn as training draws it -> masks.json
+            record_masks(cfg, self.collator, self.run_dir, self.env.world_size,
+                         SeededItems(self.dataset, self.train_idx))
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.objective.trainable_modules()),
@@ -367,8 +364,7 @@ class _Trainer:
             eps=o.eps,
             weight_decay=o.weight_decay,
         )
-        lr_s = warmup_cosine(o.start_lr, o.lr, o.final_lr, warmup_steps(o.warmup, self.total), self.total)
-        wd_s = cosine(o.weight_decay, o.final_weight_decay, self.total)
+        lr_s, wd_s = optim_schedules(o, cfg.data.batch_size, self.total, per_epoch)
         start = self._resume()
         self.step = start
         if self.main:

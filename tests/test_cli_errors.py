@@ -89,6 +89,7 @@ def test_write_errors_without_a_file_name_name_the_file_being_written() -> None:
         assert user_message(e).startswith("No space left on device '/scratch/run/latest.pt': the disk is full")
 
 
+@pytest.mark.slow
 def test_config_errors_and_the_traceback_on_request(tmp_path) -> None:
     _one_error_line(_cli("config", str(tmp_path / "nope.yaml")), "nope.yaml", "not found")
     _one_error_line(_cli("config", SALT, "optim.lrr=1"), "optim.lrr", "optim.lr")
@@ -98,6 +99,7 @@ def test_config_errors_and_the_traceback_on_request(tmp_path) -> None:
     assert "Traceback" in _cli("config", str(tmp_path / "nope.yaml"), USJEPA_DEBUG="1").stderr
 
 
+@pytest.mark.slow
 def test_checkpoint_and_broken_safetensors_errors(tmp_path) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all" * 10)
@@ -108,6 +110,7 @@ def test_checkpoint_and_broken_safetensors_errors(tmp_path) -> None:
     _one_error_line(_cli("teacher", "verify", str(broken), "--family", "usjepa"), str(broken))
 
 
+@pytest.mark.slow
 def test_missing_paths_and_a_full_disk(tmp_path) -> None:
     _one_error_line(_cli("status", str(tmp_path / "nothing")), "nothing", "not a folder")
     _one_error_line(_cli("resubmit", str(tmp_path / "nothing")), "nothing")
@@ -156,3 +159,21 @@ def test_a_diverging_run_is_one_line(tmp_path, sim_root) -> None:
     _one_error_line(_cli("pretrain", SALT, f"data.root={sim_root}", f"train.out_dir={out}", "optim.lr=1e30",
                          "optim.start_lr=1e30", *TINY), "loss became nan", "optim.lr")
     assert json.loads((out / "status.json").read_text())["state"] == "failed"
+
+
+def test_an_error_raised_in_a_dataloader_worker_keeps_its_own_message(tmp_path) -> None:
+    """torch re-raises a worker's DataError with the worker's traceback as its message: one line still."""
+    import torch
+
+    from usjepa.data import DataConfig, build_dataset, collate_skip_bad
+
+    Image.fromarray(np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))).save(tmp_path / "a.png")
+    for i in range(3):
+        (tmp_path / f"b{i}.png").write_bytes(b"junk")
+    ds = build_dataset(DataConfig(source="folder", root=str(tmp_path)), None, (16, 16), augment=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate_skip_bad)
+    with pytest.raises(DataError) as info:
+        next(iter(loader))
+    assert "Original Traceback" in str(info.value)
+    msg = user_message(info.value)
+    assert msg.startswith("1 of 4 items are unreadable") and "data.bad_item_threshold" in msg and "File " not in msg

@@ -81,10 +81,21 @@ def _damaged_safetensors(exc: BaseException) -> str:
             "safetensors file; export or download it again")
 
 
+def _worker_message(exc: BaseException) -> str:
+    """torch's DataLoader re-raises a worker's exception with the worker's traceback as its message: keep the
+    original message (the last line, 'package.DataError: <message>')."""
+    text = str(exc)
+    if "Original Traceback (most recent call last):" not in text:
+        return text
+    last = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
+    head, sep, rest = last.partition(": ")
+    return rest if sep and head.split(".")[-1] == type(exc).__name__ else last
+
+
 def user_message(exc: BaseException) -> str | None:
     """The one-line message of an expected failure, or None when `exc` is a bug (it keeps its traceback)."""
     if isinstance(exc, UsjepaError):
-        return one_line(str(exc)) or type(exc).__name__
+        return one_line(_worker_message(exc)) or type(exc).__name__
     if isinstance(exc, OSError):
         msg = _os_message(exc)
         return one_line(msg) if msg else None

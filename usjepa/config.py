@@ -24,9 +24,10 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from launch.config import LaunchConfig
 from teachers.config import TeacherConfig
 from usjepa.data.config import COLOUR_FRAMES, PANES, SOURCES, DataConfig
+from usjepa.errors import UsjepaError
 
 
-class ConfigError(ValueError):
+class ConfigError(UsjepaError, ValueError):
     """A configuration problem, phrased for the user: what, where, and what to do."""
 
 

@@ -94,8 +94,20 @@ def load_table(cfg) -> pd.DataFrame:
                        **kw)
 
 
+def has_labels(df: pd.DataFrame, task: str) -> bool:
+    """Whether the table carries a class label or a regression target for `task` (placeholder columns do not count)."""
+    labels, names, targets = resolve_labels(df, task)
+    if np.isfinite(targets).any():
+        return True
+    return labels is not None and bool((labels >= 0).any()) and names != ["unknown"]  # "unknown": a filled default
+
+
 def assign_splits(df: pd.DataFrame, cfg, where: str) -> pd.DataFrame:
-    """Keep given splits (after a leakage check); otherwise split labelled data by patient, unlabelled all 'train'."""
+    """Keep given splits (after a leakage check); otherwise split labelled data by patient (data.split_fractions).
+
+    Unlabelled data (a folder of images for pretraining) is all 'train': nothing is set aside for probe val/test
+    splits it cannot serve; the trainer holds out only what validation asks for (train.val_fraction).
+    """
     given = df["split"].astype(str)
     if (given != "").any():
         bad = sorted(set(given.unique()) - set(SPLITS) - {""})
@@ -105,12 +117,17 @@ def assign_splits(df: pd.DataFrame, cfg, where: str) -> pd.DataFrame:
         if has.any():
             check_patient_leakage(df["patient_id"][has].tolist(), given[has].tolist(), where)
         return df
-    labelled = any(c in df.columns for c in ("label", "label_name")) or cfg.task in df.columns
     df = df.copy()
-    if labelled:
+    if has_labels(df, cfg.task):
         df["split"] = make_patient_splits(df["patient_id"].tolist(), tuple(cfg.split_fractions), cfg.seed)
+        counts = df["split"].value_counts()
+        log.info("%s: labelled, no split column: split by patient %s -> %s", where,
+                 "/".join(f"{float(f):g}" for f in cfg.split_fractions),
+                 ", ".join(f"{k} {int(counts.get(k, 0))}" for k in SPLITS))
     else:
         df["split"] = "train"
+        log.info("%s: %d unlabelled items, all in 'train' (no val/test split is set aside for unlabelled data)",
+                 where, len(df))
     return df
 
 

@@ -5,7 +5,8 @@ The source table is cut into chunks of `shard_rows` rows; chunk k becomes shard 
 to temporary names and renamed, `shard-k.json` last. A killed run redoes only shards without a valid json
 (resumable); a finished folder whose plan (settings, table, file sizes and times) is unchanged is left untouched
 (idempotent); a folder of other settings or data is refused, never overwritten; one run at a time holds a
-folder (flock). Shards are written in parallel by usjepa.data.pool.
+folder (flock). Shards are written in parallel by usjepa.data.pool (forkserver workers that reset their signal
+handlers, close + join, SIGKILL by handle past a grace time or when no shard arrives for a long while).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from usjepa.data import shards as fmt
 from usjepa.data.dataset import item_region, preprocess_frame
 from usjepa.data.errors import BadItem, DataError
 from usjepa.data.panes import SCAN_VERSION, SKIP_REASON, PaneView, item_rows, layout_record, needs_scan
-from usjepa.data.pool import run_jobs
+from usjepa.data.pool import starmap_bounded
 from usjepa.data.sources import decode
 from usjepa.data.transforms import crop_resize
 
@@ -211,6 +212,21 @@ def _shard_done(out: Path, k: int, fingerprint: str) -> dict | None:
         return None
 
 
+def run_shards(jobs: list[dict], workers: int, on_shard: Callable[[dict], None] | None = None,
+               stall_s: float = 600.0) -> list[dict]:
+    """prepare_shard for every job: in this process (workers <= 1), else in a usjepa.data.pool pool; summaries in
+    shard order. `stall_s`: the longest wait for the next shard before the pool is declared stuck."""
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for job in jobs:
+            out.append(prepare_shard(job))
+            if on_shard:
+                on_shard(out[-1])
+        return out
+    return starmap_bounded(prepare_shard, [(job,) for job in jobs], min(workers, len(jobs)), stall_s=stall_s,
+                           what="usjepa data prepare", on_result=on_shard)
+
+
 # ----------------------------------------------------------------------------- the command
 
 
@@ -329,7 +345,8 @@ def _prepare_into(out: Path, cfg, settings: dict, table: pd.DataFrame, recs: lis
                          "max_side": settings["max_side"], "columns": columns})
     reused = len(summaries)
     log.info("preparing %d source rows into %d shards in %s (%d done before)", len(recs), len(chunks), out, reused)
-    for s in run_jobs(prepare_shard, jobs, workers if workers > 0 else _usable_cpus(), on_shard):
+    # a worker that dies (out of memory) loses its shard: declared stuck after about 0.5 s per row of a shard
+    for s in run_shards(jobs, workers if workers > 0 else _usable_cpus(), on_shard, max(600.0, 0.5 * shard_rows)):
         summaries[s["shard"]] = s
     for p in out.iterdir():  # shards of an earlier, longer plan of this unfinished folder
         parts = p.stem.split("-")

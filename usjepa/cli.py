@@ -21,7 +21,8 @@ VERBS_HELP = """verbs:
   demo       the whole method end to end on simulated data: teacher -> student -> probes -> table
   config     print the resolved config (or the configuration reference) without running anything
   masks      draw masks exactly as training would and print the effective masking (tokens, masked share)
-  data       data tools: `preview` writes each item's region and model input and a contact sheet
+  data       data tools: `preview` writes each item's region and model input and a contact sheet; `prepare`
+             preprocesses once into shards (data.source=prepared)
 
 Run `usjepa <verb> --help` for the arguments of a verb. Options and key=value overrides mix in any order.
 Errors print one `error: ...` line (exit status 2); -v or USJEPA_DEBUG=1 adds the traceback."""
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", "usjepa.demo", "add_arguments", "run_from_args", "the whole method end to end on simulated data"),
         ("masks", "usjepa.train.mask_preview", "add_arguments", "run_from_args",
          "draw masks as training would: context / target tokens and masked share per mask pair"),
-        ("data", "usjepa.data.cli", "add_arguments", "run_from_args", "data tools: preview what the model receives"),
+        ("data", "usjepa.data.cli", "add_arguments", "run_from_args",
+         "data tools: preview what the model receives, prepare shards"),
     ]
     for verb, module, add, run, help_ in lazy:
         p = sub.add_parser(verb, help=help_, description=help_)

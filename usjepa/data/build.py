@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from usjepa.data.config import SOURCES
 from usjepa.data.dataset import UltrasoundDataset, resolve_labels
 from usjepa.data.errors import DataError
 from usjepa.data.sources import read_manifest, read_ultrabench, scan_folder
 from usjepa.data.splits import SPLITS, check_patient_leakage, make_patient_splits
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("simulate", "folder", "manifest", "dicom", "video", "ultrabench")
 
 
 def cache_dir() -> Path:
@@ -77,6 +76,11 @@ def load_table(cfg) -> pd.DataFrame:
         return read_manifest(path, cfg.root if cfg.manifest else "", **kw)
     if not cfg.root:
         raise DataError(f"data.source={src} needs data.root (the folder to read)")
+    if src == "prepared":  # the shards' item table (settings checked by build_dataset / config validation)
+        from usjepa.data.shards import INDEX, read_meta
+
+        read_meta(cfg.root)
+        return pd.read_parquet(Path(cfg.root) / INDEX)
     if src == "ultrabench":
         return read_ultrabench(cfg.root, seed=cfg.seed)
     kinds = {"folder": {"image", "dicom", "video"}, "dicom": {"dicom"}, "video": {"video"}}.get(src)
@@ -133,6 +137,10 @@ def build_dataset(cfg, split: str | None, img_size: tuple[int, int], augment: bo
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got '{split}'")
     where = cfg.manifest or cfg.root or str(simulated_root(cfg))
+    if cfg.source == "prepared":
+        from usjepa.data.shards import check_prepared
+
+        check_prepared(cfg, img_size)
     df = assign_splits(load_table(cfg), cfg, f"data ({cfg.source}: {where})")
     labels, names, targets = resolve_labels(df, cfg.task)
     df = df.assign(_label=labels if labels is not None else -1, _target=targets)
@@ -142,4 +150,8 @@ def build_dataset(cfg, split: str | None, img_size: tuple[int, int], augment: bo
         if df.empty:
             raise DataError(f"split '{split}' of {where} is empty (splits present: {avail}); use split=None or add "
                             "a split column")
+    if cfg.source == "prepared":
+        from usjepa.data.prepared import PreparedDataset
+
+        return PreparedDataset(df, cfg, tuple(img_size), augment, cfg.root, seed, names)
     return UltrasoundDataset(df, cfg, tuple(img_size), augment, seed, cfg.source, names)

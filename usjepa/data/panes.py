@@ -93,6 +93,11 @@ def scan_frame(path: str, kind: str, frame: int) -> dict | None:
         img = decode(path, kind, frame)
     except BadItem:
         return None
+    return layout_record(img)
+
+
+def layout_record(img: np.ndarray) -> dict:
+    """The layout of a decoded frame as plain data (what scan_frame returns and the cache holds)."""
     lay = detect_layout(img, details=False)
     return {"hw": list(img.shape[:2]), "panes": [[*map(int, p.box), p.colour] for p in lay.panes]}
 
@@ -150,6 +155,27 @@ def needs_scan(cfg, source: str) -> bool:
                                      or getattr(cfg, "colour_frames", "skip") != "keep")
 
 
+def item_rows(rec: dict, lay: dict | None, split: bool, policy: str, region_mode: str) -> tuple[list[dict], list[dict]]:
+    """The item rows of one source row given its frame's scanned layout (None: not scanned or unreadable), and the
+    skipped (colour Doppler) entries: one row per pane when `split`, else one for the whole frame."""
+    if lay is None:
+        return [{**rec, "pane": -1, "pane_boxes": (), "scan_hw": None, "colour": ""}], []
+    boxes = tuple(tuple(p[:4]) for p in lay["panes"])
+    colours = [p[4] for p in lay["panes"]]
+    hw = tuple(lay["hw"])
+    uses_mask = bool(rec.get("mask_path")) and region_mode in ("auto", "given")
+    views = [(k, colours[k]) for k in range(len(boxes))] if split and len(boxes) > 1 and not uses_mask else \
+        [(-1, next((c for c in colours if c), ""))]
+    rows, skipped = [], []
+    for k, colour in views:
+        if colour and policy == "skip":
+            skipped.append({"index": -1, "path": rec["path"], "kind": rec["kind"], "frame": int(rec["frame"]),
+                            "pane": k, "reason": f"{SKIP_REASON} ({colour}); data.colour_frames=skip"})
+            continue
+        rows.append({**rec, "pane": k, "pane_boxes": boxes, "scan_hw": hw, "colour": colour})
+    return rows, skipped
+
+
 def expand_items(table: pd.DataFrame, cfg, source: str = "", workers: int = 0) -> tuple[pd.DataFrame, list[dict]]:
     """One row per item: a multi-pane frame gives one row per pane (data.panes=split; rows with a mask file in use
     stay whole), each with the frame's labels, patient and split; Doppler frames / panes follow data.colour_frames
@@ -176,23 +202,10 @@ def expand_items(table: pd.DataFrame, cfg, source: str = "", workers: int = 0) -
     found = dict(zip(keys, scan_layouts([first[k] for k in keys], workers), strict=True))
     rows, skipped, n_split = [], [], 0
     for rec in recs:
-        lay = found.get(_key(rec))
-        if lay is None:
-            rows.append({**rec, "pane": -1, "pane_boxes": (), "scan_hw": None, "colour": ""})
-            continue
-        boxes = tuple(tuple(p[:4]) for p in lay["panes"])
-        colours = [p[4] for p in lay["panes"]]
-        hw = tuple(lay["hw"])
-        uses_mask = bool(rec.get("mask_path")) and region_mode in ("auto", "given")
-        views = [(k, colours[k]) for k in range(len(boxes))] if split and len(boxes) > 1 and not uses_mask else \
-            [(-1, next((c for c in colours if c), ""))]
-        n_split += len(views) > 1
-        for k, colour in views:
-            if colour and policy == "skip":
-                skipped.append({"index": -1, "path": rec["path"], "kind": rec["kind"], "frame": int(rec["frame"]),
-                                "pane": k, "reason": f"{SKIP_REASON} ({colour}); data.colour_frames=skip"})
-                continue
-            rows.append({**rec, "pane": k, "pane_boxes": boxes, "scan_hw": hw, "colour": colour})
+        r, s = item_rows(rec, found.get(_key(rec)), split, policy, region_mode)
+        rows += r
+        skipped += s
+        n_split += len(r) + len(s) > 1
     out = pd.DataFrame(rows, columns=list(df.columns) + list(EXPANDED_COLUMNS))
     if n_split or skipped:
         log.info("%d multi-pane frames split into their panes; %d colour Doppler frames / panes skipped "

@@ -60,7 +60,8 @@ def _kill(pool: Any) -> None:
     pool.terminate()  # the workers are gone: this only joins the pool's threads
 
 
-def _collect(pool: Any, it: Any, n: int, workers: int, stall_s: float, what: str) -> list[Any]:
+def _collect(pool: Any, it: Any, n: int, workers: int, stall_s: float, what: str,
+             on_result: Callable[[Any], None] | None = None) -> list[Any]:
     """The n results in order; a DataError when workers keep dying at start-up or no result comes for stall_s."""
     results: list[Any] = []
     started = {p.pid for p in pool._pool}
@@ -69,6 +70,8 @@ def _collect(pool: Any, it: Any, n: int, workers: int, stall_s: float, what: str
         try:
             results.append(it.next(timeout=POLL_S))
             last = time.monotonic()
+            if on_result is not None:
+                on_result(results[-1])
             continue
         except mp.TimeoutError:
             pass
@@ -86,10 +89,11 @@ def _collect(pool: Any, it: Any, n: int, workers: int, stall_s: float, what: str
 
 
 def starmap_bounded(fn: Callable[..., Any], jobs: Iterable[Sequence[Any]], workers: int, stall_s: float = 600.0,
-                    what: str = "worker pool") -> list[Any]:
+                    what: str = "worker pool", on_result: Callable[[Any], None] | None = None) -> list[Any]:
     """[fn(*job) for job in jobs] in `workers` processes, in order; DataError when no result comes for `stall_s` s.
 
     `fn` must be a module-level function (it is pickled by reference). Exceptions of `fn` propagate unchanged.
+    `on_result` sees each result as it arrives, in order (progress bars).
     """
     jobs = list(jobs)
     if not jobs:
@@ -97,7 +101,8 @@ def starmap_bounded(fn: Callable[..., Any], jobs: Iterable[Sequence[Any]], worke
     ctx = _context(fn.__module__)
     pool = ctx.Pool(workers, initializer=_reset_signals)
     try:
-        results = _collect(pool, pool.imap(_Star(fn), jobs, chunksize=1), len(jobs), workers, stall_s, what)
+        results = _collect(pool, pool.imap(_Star(fn), jobs, chunksize=1), len(jobs), workers, stall_s, what,
+                           on_result)
         pool.close()
         deadline = time.monotonic() + JOIN_GRACE_S
         for p in list(pool._pool):

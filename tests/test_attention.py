@@ -65,3 +65,54 @@ def test_xformers_matches_sdpa_on_cuda_with_padding():
     out_s = A.sdpa_attention(q, k, v, valid)
     torch.testing.assert_close(out_x[0], out_s[0], atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(out_x[1, :, :40], out_s[1, :, :40], atol=2e-3, rtol=2e-3)
+
+
+# ----------------------------------------------------------------------------- 2-D RoPE
+
+
+def _rope_reference(x, rows, cols):
+    """The rule, with complex numbers: pair i of the first half turns by row * w_i, of the second half by
+    col * w_i, w_i = 10000^(-i / (Dh / 4)). x [B, H, N, Dh]; rows / cols [N] integer positions."""
+    dh = x.shape[-1]
+    nf = dh // 4
+    w = 10000.0 ** (-torch.arange(nf, dtype=torch.float64) / nf)
+    ang = torch.cat([rows[:, None].double() * w, cols[:, None].double() * w], dim=1)  # [N, Dh / 2]
+    z = torch.view_as_complex(x.double().reshape(*x.shape[:-1], dh // 2, 2).contiguous())
+    return torch.view_as_real(z * torch.polar(torch.ones_like(ang), ang)).reshape(x.shape).float()
+
+
+def test_rope_attention_equals_attention_on_tokens_rotated_by_the_rule():
+    from usjepa.models.rope import RopeTables
+
+    torch.manual_seed(0)
+    attn = A.Attention(32, 2, backend="math").eval()  # head dim 16: 4 frequencies per axis
+    grid = (3, 5)
+    pos = torch.tensor([[0, 4, 7, 14, 9], [2, 3, 10, 11, 13]])  # a context subset per sample
+    x = torch.randn(2, 5, 32)
+    out = attn(x, rope=RopeTables(16).at(grid, pos, "cpu"))
+    q, k, v = attn.qkv(x).reshape(2, 5, 3, 2, 16).permute(2, 0, 3, 1, 4)
+    qr = torch.stack([_rope_reference(q[b:b + 1], pos[b] // 5, pos[b] % 5) for b in range(2)]).squeeze(1)
+    kr = torch.stack([_rope_reference(k[b:b + 1], pos[b] // 5, pos[b] % 5) for b in range(2)]).squeeze(1)
+    ref = attn.proj(A.math_attention(qr, kr, v).transpose(1, 2).reshape(2, 5, 32))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_scores_depend_only_on_relative_positions():
+    from usjepa.models.rope import RopeTables
+
+    torch.manual_seed(1)
+    q, k = torch.randn(1, 1, 2, 24), torch.randn(1, 1, 2, 24)
+    tabs = RopeTables(24)
+
+    def score(a, b):  # token a queries token b, at grid indices a, b of a 9 x 9 grid
+        r = tabs.at((9, 9), torch.tensor([[a, b]]), "cpu")
+        qr, kr = r.apply(q), r.apply(k)
+        return float(qr[0, 0, 0] @ kr[0, 0, 1])
+
+    # (1, 2) -> (3, 7) and (4, 0) -> (6, 5): the same offset (2, 5) gives the same score; another offset does not
+    assert score(1 * 9 + 2, 3 * 9 + 7) == pytest.approx(score(4 * 9 + 0, 6 * 9 + 5), abs=1e-4)
+    assert score(1 * 9 + 2, 3 * 9 + 7) != pytest.approx(score(1 * 9 + 2, 7 * 9 + 3), abs=1e-3)
+    # a CLS prefix is not rotated
+    r = tabs.at((9, 9), torch.tensor([[5]]), "cpu", prefix=1)
+    both = torch.randn(1, 1, 2, 24)
+    assert torch.equal(r.apply(both)[:, :, :1], both[:, :, :1])

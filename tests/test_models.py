@@ -127,3 +127,57 @@ def test_bad_checkpoints_are_refused_with_names(tmp_path):
     torch.save({"weights": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a usjepa checkpoint"):
         load_encoder_checkpoint(tmp_path / "other.pt")
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+
+@pytest.mark.parametrize("cls_token", [False, True])
+def test_rope_encoder_exports_to_timm_eva_strictly_and_reads_back(tmp_path, cls_token):
+    m = _vit(pos_embed="rope", cls_token=cls_token)
+    assert "pos_embed" not in m.state_dict()
+    p = export_encoder(m, tmp_path / "rope.safetensors")
+    name, kw = m.timm_spec()
+    t = timm.create_model(name, **kw, checkpoint_path=str(p)).eval()  # timm loads checkpoint files strictly
+    assert type(t).__name__ == "Eva"
+    x = torch.rand(2, 1, 64, 96)
+    torch.testing.assert_close(m(x), t.forward_features(m.prepare(x))[:, m.num_prefix_tokens:], atol=1e-5, rtol=1e-5)
+    back = load_encoder_checkpoint(p)
+    assert back.pos_embed_type == "rope"
+    torch.testing.assert_close(back(x), m(x))
+
+
+def test_rope_context_subsets_padding_and_truncation_use_each_tokens_own_position():
+    m = _vit(pos_embed="rope", cls_token=False)
+    x = torch.rand(2, 1, 64, 96)
+    keep = torch.tensor([[0, 3, 4, 9, 10], [2, 7, 8, 0, 0]])
+    valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    out = m(x, keep, valid)
+    # padded (per_sample) == unpadded == truncated to those 3 (reference): each token rotates by its own index
+    torch.testing.assert_close(out[1, :3], m(x[1:], keep[1:, :3])[0], atol=1e-5, rtol=1e-5)
+    # tokens carry their positions: permuting the kept indices permutes the outputs, nothing else
+    perm = torch.tensor([3, 0, 4, 2, 1])
+    torch.testing.assert_close(m(x[:1], keep[:1, perm])[0], out[0, perm], atol=1e-5, rtol=1e-5)
+    # and the position matters: the same patches at other grid positions give other tokens
+    assert not torch.allclose(m(x[:1], keep[:1])[0, 0], m(x[:1], keep[:1] + 1)[0, 0], atol=1e-3)
+
+
+def test_rope_predictor_padding_and_decoder():
+    torch.manual_seed(0)
+    p = Predictor(in_dim=192, out_dim=64, embed_dim=32, depth=2, num_heads=2, per_block=False, pos_embed="rope",
+                  zero_init_mask_tokens=True).eval()
+    assert not p.mask_tokens.any()
+    ctx = torch.randn(2, 5, 192)
+    cidx = torch.tensor([[0, 1, 2, 3, 4], [5, 6, 7, 0, 0]])
+    cval = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    tidx = torch.tensor([[[10, 11]], [[14, 15]]])
+    out = p(ctx, cidx, tidx, (4, 6), cval)
+    torch.testing.assert_close(out[1], p(ctx[1:, :3], cidx[1:, :3], tidx[1:], (4, 6))[0], atol=1e-5, rtol=1e-5)
+    # mask tokens differ only by their RoPE positions: moving a target moves its prediction
+    assert not torch.allclose(out[0], p(ctx[:1], cidx[:1], tidx[:1] + 2, (4, 6))[0], atol=1e-4)
+    d = MAEDecoder(192, 16, 1, embed_dim=32, depth=1, num_heads=2, pos_embed="rope").eval()
+    keep = torch.tensor([[1, 4, 0]])
+    a = d(torch.randn(1, 3, 192), keep, (4, 6), torch.tensor([[True, True, False]]), cls=torch.randn(1, 192))
+    assert a.shape == (1, 24, 256)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        Predictor(in_dim=192, out_dim=64, embed_dim=36, depth=1, num_heads=6, pos_embed="rope")

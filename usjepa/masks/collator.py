@@ -1,4 +1,9 @@
-"""Collation: per-sample masks (seeded by the item) -> padded index tensors for the whole batch."""
+"""Collation: a batch sampler turns the batch's item seeds (and fan masks) into index tensors per mask pair.
+
+Two kinds of sampler plug in: the reference samplers (`usjepa.masks.reference`, per-batch shapes, truncation
+to the batch minimum, the recipes' default) and `PerSampleSampler`, which wraps a per-image sampler
+(`usjepa.masks.multiblock`) and pads the lists of a batch to its longest instead of truncating.
+"""
 
 from __future__ import annotations
 
@@ -54,11 +59,36 @@ def patch_validity(region: Tensor, patch_size: int, min_fraction: float = 0.0) -
     return frac > min_fraction
 
 
+class PerSampleSampler:
+    """A per-image sampler (shapes drawn per block and image) as a batch sampler: lists are padded, not truncated.
+
+    Every image's masks depend on its own seed only, so a DDP rank or an accumulation step sees exactly the masks
+    a single process would; the effective masking is milder than the reference collators' (see the README).
+    """
+
+    def __init__(self, masker: Callable):
+        self.masker = masker
+        self.grid = masker.grid
+        self.num_pairs = getattr(masker, "num_pairs", 1)
+
+    def sample(self, seeds, valid: np.ndarray | None = None, truncate: bool = True) -> list:
+        per_sample = []
+        for i, s in enumerate(seeds):
+            rng = np.random.default_rng([int(s) & ((1 << 63) - 1), 0x6D61736B])  # apart from augmentation
+            per_sample.append(self.masker(rng, None if valid is None else valid[i]))
+        if not truncate:  # the raw lists: [(contexts [B], targets [B][T])] per pair
+            return [([s[p][0] for s in per_sample], [s[p][1] for s in per_sample]) for p in range(len(per_sample[0]))]
+        return collate_masks(per_sample)
+
+    __call__ = sample
+
+
 class MaskCollator:
-    """Wraps the data collate: adds `masks` (list of MaskBatch) drawn per item from its own seed.
+    """Wraps the data collate: adds `masks` (list of MaskBatch, one per mask pair) drawn from the items' seeds.
 
     Items carry `item_seed` (from the sampler) so that masks, like augmentations, are a pure function of
-    (run seed, epoch, position): a resumed run and a DDP rank see exactly the masks a single process would.
+    (run seed, epoch, position): a resumed run sees exactly the masks of an uninterrupted one. The collator runs
+    on what one rank loads for one micro-batch, so reference truncation acts on each rank's batch, as upstream.
     """
 
     def __init__(
@@ -69,7 +99,7 @@ class MaskCollator:
         use_region: bool = False,
         min_fraction: float = 0.0,
     ):
-        self.masker = masker
+        self.sampler = masker if hasattr(masker, "sample") else PerSampleSampler(masker)
         self.patch_size = patch_size
         self.base_collate = base_collate
         self.use_region = use_region
@@ -81,9 +111,5 @@ class MaskCollator:
             return None
         seeds = batch["item_seed"].tolist()
         valid = patch_validity(batch["region"], self.patch_size, self.min_fraction).numpy() if self.use_region else None
-        per_sample = []
-        for i, s in enumerate(seeds):
-            rng = np.random.default_rng([int(s), 0x6D61736B])  # a stream of its own, apart from augmentation
-            per_sample.append(self.masker(rng, None if valid is None else valid[i]))
-        batch["masks"] = collate_masks(per_sample)
+        batch["masks"] = self.sampler(seeds, valid)
         return batch

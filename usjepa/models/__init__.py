@@ -20,6 +20,8 @@ def build_encoder(model_cfg) -> VisionTransformer:
         attn_backend=model_cfg.attn_backend,
         norm_mean=tuple(model_cfg.norm_mean),
         norm_std=tuple(model_cfg.norm_std),
+        pos_embed=getattr(model_cfg, "pos_embed", "sincos"),
+        init=getattr(model_cfg, "init", "jepa"),
     )
 
 

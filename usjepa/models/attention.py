@@ -113,10 +113,13 @@ class Attention(nn.Module):
         self.backend = resolve_backend(backend)
         self._kernel = _KERNELS[self.backend]
 
-    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, valid: Tensor | None = None, rope=None) -> Tensor:
+        """x [B, N, C]; valid [B, N] real tokens; rope: a `usjepa.models.rope.Rope` rotating q and k (or None)."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, H, N, Dh]
+        if rope is not None:
+            q, k = rope.apply(q), rope.apply(k)
         kernel = self._kernel
         if kernel is xformers_attention and not x.is_cuda:
             kernel = sdpa_attention  # a module moved back to CPU keeps working

@@ -1,4 +1,8 @@
-"""Transformer building blocks shared by the encoder, the predictor and the MAE decoder (timm key names)."""
+"""Transformer building blocks shared by the encoder, the predictor and the MAE decoder (timm key names).
+
+Positions are either fixed 2-D sin-cos embeddings added to the tokens (I-JEPA, MAE) or 2-D RoPE inside
+attention (V-JEPA 2, SALT; `usjepa.models.rope`), chosen by `pos_embed` ("sincos" | "rope").
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from usjepa.models.attention import Attention
+
+POS_EMBEDS = ("sincos", "rope")
 
 
 def sincos_2d(embed_dim: int, grid: tuple[int, int]) -> Tensor:
@@ -70,8 +76,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), valid))
+    def forward(self, x: Tensor, valid: Tensor | None = None, rope=None) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), valid, rope))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -79,6 +85,17 @@ def init_weights(module: nn.Module) -> None:
     """trunc-normal(0.02) linears, unit LayerNorms (timm / I-JEPA convention)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def xavier_init(module: nn.Module) -> None:
+    """xavier-uniform linears, unit LayerNorms (MAE's `_init_weights`)."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):

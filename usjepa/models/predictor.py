@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from usjepa.models.layers import Block, gather_tokens, init_weights, rescale_residual_branches, sincos_2d
+from usjepa.models.layers import POS_EMBEDS, Block, gather_tokens, init_weights, rescale_residual_branches, sincos_2d
+from usjepa.models.rope import RopeTables
 
 
 class Predictor(nn.Module):
@@ -13,6 +14,9 @@ class Predictor(nn.Module):
 
     `per_block=True` predicts every target block in its own sequence with a copy of the context
     (I-JEPA, US-JEPA: blocks never see each other); False predicts all blocks in one sequence (V-JEPA, SALT).
+    Positions: sin-cos added to context and mask tokens (I-JEPA), or RoPE in attention with no additive table
+    (V-JEPA 2, `pos_embed="rope"`). V-JEPA 2 also sorts tokens by position before its blocks; attention without a
+    causal mask is permutation-equivariant, so that changes nothing and is not done here.
     """
 
     def __init__(
@@ -26,8 +30,13 @@ class Predictor(nn.Module):
         num_mask_tokens: int = 1,
         per_block: bool = True,
         attn_backend: str = "auto",
+        pos_embed: str = "sincos",
+        zero_init_mask_tokens: bool = False,
     ):
         super().__init__()
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed must be one of {', '.join(POS_EMBEDS)}, got '{pos_embed}'")
+        self.rope = RopeTables(embed_dim // num_heads) if pos_embed == "rope" else None
         self.embed_dim = embed_dim
         self.out_dim = out_dim
         self.per_block = per_block
@@ -38,7 +47,8 @@ class Predictor(nn.Module):
         self.predictor_proj = nn.Linear(embed_dim, out_dim)
         self._pos_cache: dict[tuple[int, int], Tensor] = {}
         self.apply(init_weights)
-        nn.init.trunc_normal_(self.mask_tokens, std=0.02)
+        if not zero_init_mask_tokens:  # I-JEPA: trunc-normal(0.02); V-JEPA / V-JEPA 2: zeros
+            nn.init.trunc_normal_(self.mask_tokens, std=0.02)
         rescale_residual_branches(self.blocks)
 
     def pos_embed(self, grid: tuple[int, int], like: Tensor) -> Tensor:
@@ -63,15 +73,15 @@ class Predictor(nn.Module):
         B, T, Kt = targets_idx.shape
         Kc = context.shape[1]
         x = self.predictor_embed(context)  # [B, Kc, Dp]
-        pos = self.pos_embed(grid, x).expand(B, -1, -1)  # [B, N, Dp]
-        x = x + gather_tokens(pos, context_idx)
+        m = self.mask_tokens[mask_index].to(x.dtype).expand(B, T * Kt, -1)  # [B, T*Kt, Dp]
+        if self.rope is None:
+            pos = self.pos_embed(grid, x).expand(B, -1, -1)  # [B, N, Dp]
+            x = x + gather_tokens(pos, context_idx)
+            m = m + gather_tokens(pos, targets_idx.reshape(B, T * Kt))
         if context_valid is None:
             context_valid = torch.ones(B, Kc, dtype=torch.bool, device=x.device)
         if targets_valid is None:
             targets_valid = torch.ones(B, T, Kt, dtype=torch.bool, device=x.device)
-        m = self.mask_tokens[mask_index].to(x.dtype) + gather_tokens(
-            pos, targets_idx.reshape(B, T * Kt)
-        )  # [B, T*Kt, Dp]
         if self.per_block:
             ctx = x.unsqueeze(1).expand(B, T, Kc, -1).reshape(B * T, Kc, -1)
             seq = torch.cat([ctx, m.reshape(B * T, Kt, -1)], dim=1)  # [B*T, Kc+Kt, Dp]
@@ -79,11 +89,15 @@ class Predictor(nn.Module):
                 [context_valid.unsqueeze(1).expand(B, T, Kc).reshape(B * T, Kc), targets_valid.reshape(B * T, Kt)],
                 dim=1,
             )
+            positions = torch.cat([context_idx.unsqueeze(1).expand(B, T, Kc), targets_idx], dim=2)
+            positions = positions.reshape(B * T, Kc + Kt)
         else:
             seq = torch.cat([x, m], dim=1)  # [B, Kc + T*Kt, Dp]
             valid = torch.cat([context_valid, targets_valid.reshape(B, T * Kt)], dim=1)
+            positions = torch.cat([context_idx, targets_idx.reshape(B, T * Kt)], dim=1)
+        kw = {} if self.rope is None else {"rope": self.rope.at(grid, positions, seq.device)}
         attn_valid = None if bool(valid.all()) else valid
         for blk in self.blocks:
-            seq = blk(seq, attn_valid)
+            seq = blk(seq, attn_valid, **kw)
         out = self.predictor_proj(self.predictor_norm(seq[:, -Kt if self.per_block else -T * Kt :]))
         return out.reshape(B, T, Kt, self.out_dim)

@@ -70,7 +70,7 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
             if out.error is None:
                 raise
             e = out.error
-            raise OSError(e.errno, f"{e.strerror} while writing '{path}'") from e
+            raise OSError(e.errno, e.strerror, str(path)) from e  # names the checkpoint, not its temp file
     return Path(path)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from usjepa.errors import UsjepaError
 from usjepa.train.collectives import backend_for
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ SLURM_NODELIST_VARS = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODEL
 PORT_BASE, PORT_SPAN = 20000, 20000  # SLURM master port = PORT_BASE + job_id % PORT_SPAN
 
 
-class DistributedEnvError(RuntimeError):
+class DistributedEnvError(UsjepaError, RuntimeError):
     """The environment describes a distributed run only partly, or inconsistently."""
 
 

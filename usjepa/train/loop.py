@@ -23,13 +23,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from usjepa.config import ConfigError
+from usjepa.errors import UsjepaError
 from usjepa.io.runfolder import ENCODER, LATEST, RunFolder, resume_mode
-from usjepa.masks import MaskCollator, build_masker
 from usjepa.models.checkpoint_io import export_encoder
-from usjepa.train.build import build_objective, effective_precision, holdout_split
+from usjepa.train.build import build_mask_collator, build_objective, effective_precision, holdout_split
 from usjepa.train.checkpoint import FORMAT_VERSION, CheckpointWriter, load_training_checkpoint, rng_state
 from usjepa.train.collectives import Collectives
 from usjepa.train.distributed import DistEnv, init_distributed, resolve_env
+from usjepa.train.mask_preview import record_masks
 from usjepa.train.periodic import (
     METRIC_FIELDS,
     MetricsWriter,
@@ -41,15 +42,15 @@ from usjepa.train.periodic import (
     Validation,
 )
 from usjepa.train.resume import ResumePoint, find_resume_point, load_resume_state
-from usjepa.train.sampler import ResumableBatchSampler, SeededItems, item_seed
-from usjepa.train.schedules import cosine, warmup_cosine, warmup_steps
+from usjepa.train.sampler import ResumableBatchSampler, SeededItems, epoch_length, item_seed
+from usjepa.train.schedules import optim_schedules
 from usjepa.train.signals import StopFlag, ignore_stop_signals
 from usjepa.train.step import apply_update, autocast_context, train_step
 
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UsjepaError, RuntimeError):
     """The run cannot go on (diverged loss, bad data share...); the last good checkpoint is kept."""
 
 
@@ -86,7 +87,7 @@ def _param_groups(modules: dict[str, torch.nn.Module]) -> list[dict]:
         for name, p in mod.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") or "token" in name else decay).append(p)
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)  # as I-JEPA, V-JEPA, MAE
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
 
 
@@ -194,21 +195,22 @@ class _Trainer:
     def _build(self) -> None:
         cfg = self.cfg
         self._data()
-        per_epoch = len(self.train_idx) // cfg.data.batch_size
+        self.epoch_items = epoch_length(self.dataset, self.train_idx, cfg.data.balance, cfg.data.balance_cap)
+        per_epoch = self.epoch_items // cfg.data.batch_size
         if per_epoch < 1:
             raise ConfigError(
                 f"data.batch_size={cfg.data.batch_size} is larger than the training set ({len(self.train_idx)} items)"
             )
         self.total = cfg.train.epochs * per_epoch if cfg.train.epochs > 0 else cfg.train.steps
         self.objective = build_objective(cfg, self.total).to(self.device)
-        masker = build_masker(cfg.mask, self.objective.student.grid(cfg.model.img_size))
-        self.collator = MaskCollator(masker, cfg.model.patch_size, self.base_collate,
-                                     use_region=cfg.mask.region.enabled, min_fraction=cfg.mask.region.min_fraction)
+        self.collator = build_mask_collator(cfg, self.base_collate)
+        if self.main:  # the run's effective masking, drawn as training draws it -> masks.json
+            record_masks(cfg, self.collator, self.folder.path, self.env.world_size,
+                         SeededItems(self.dataset, self.train_idx))
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(_param_groups(self.objective.trainable_modules()), lr=o.lr,
                                            betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-        self.lr_s = warmup_cosine(o.start_lr, o.lr, o.final_lr, warmup_steps(o.warmup, self.total), self.total)
-        self.wd_s = cosine(o.weight_decay, o.final_weight_decay, self.total)
+        self.lr_s, self.wd_s = optim_schedules(o, cfg.data.batch_size, self.total, per_epoch)
 
     def _load(self, point: ResumePoint) -> None:
         self.step = point.step
@@ -238,6 +240,8 @@ class _Trainer:
         patients = getattr(ds, "patient_ids", None)
         self.dataset = ds
         self.train_idx, self.val_idx = holdout_split(len(ds), patients, frac, cfg.train.seed)
+        log.info("training on %d of %d items, %d held out for validation (train.val_fraction=%g)",
+                 len(self.train_idx), len(ds), len(self.val_idx), frac)
         self.val_dataset = (
             build_dataset(cfg.data, split="train", img_size=img, augment=False, seed=cfg.data.seed)
             if len(self.val_idx) else None
@@ -258,7 +262,8 @@ class _Trainer:
         """(the micro-batches of one optimizer step on this rank's device, their image count), forever."""
         cfg = self.cfg
         sampler = ResumableBatchSampler(len(self.train_idx), cfg.data.batch_size, cfg.train.seed, self.env.rank,
-                                        self.env.world_size, cfg.optim.accum_steps, self._weights(), start_step)
+                                        self.env.world_size, cfg.optim.accum_steps, self._weights(), start_step,
+                                        epoch_items=self.epoch_items)
         self.steps_per_epoch = max(sampler.steps_per_epoch, 1)
         workers = cfg.data.num_workers
         loader = torch.utils.data.DataLoader(

@@ -190,3 +190,28 @@ def test_a_dangling_metrics_link_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="metrics.csv' is a link to .*does not exist"):
         folder.reset_metrics(["step"], 0)
     assert (tmp_path / "metrics.csv").is_symlink()
+
+
+def test_a_forked_child_does_not_keep_the_lock_alive(tmp_path):
+    """Data-loader workers are forked: the lock must die with its holder, not with the holder's last child."""
+    script = """
+import os, sys, time
+from usjepa.io.lock import FolderLock
+FolderLock(sys.argv[1]).acquire()
+if os.fork() == 0:
+    time.sleep(600)  # a worker that outlives its parent for a while
+    os._exit(0)
+print("locked", flush=True)
+time.sleep(600)
+"""
+    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        holder.kill()  # the holder dies; its forked child lives on
+        holder.wait(30)
+        lock = FolderLock(tmp_path)
+        assert lock.acquire()
+        lock.release()
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)

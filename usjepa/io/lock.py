@@ -2,7 +2,8 @@
 
 The kernel drops an flock when its holder dies, `kill -9` included, so the lock can never go stale; the lock
 file only records who holds it (host, pid, SLURM job) for the refusal message. Re-entrant within a process
-(the SLURM job wrapper and the trainer both take it). On a file system without flock (some Lustre mounts
+(the SLURM job wrapper and the trainer both take it); forked children (data-loader workers) close their copies,
+so the lock goes with its holder. On a file system without flock (some Lustre mounts
 `-o noflock`, old NFS without lockd) locking fails with ENOLCK / ENOSYS / EOPNOTSUPP: the run goes on unlocked
 with a warning, and two runs in one folder are then not stopped.
 """
@@ -30,6 +31,20 @@ _HELD: dict[str, list[int]] = {}  # lock file (real path) -> [fd, depth], for th
 
 class FolderBusy(ConfigError):
     """Another run holds the run folder."""
+
+
+def _close_in_child() -> None:
+    """A forked child (data-loader worker, worker pool) closes its copies of the lock fds: the lock then dies with
+    the process that took it, not with the last of its children (the parent's own fds keep it held)."""
+    for fd, _ in _HELD.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 def holder_fields() -> dict:

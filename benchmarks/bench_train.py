@@ -80,7 +80,7 @@ def child(spec: dict) -> dict:
     state = {"step": 0}
 
     def step():
-        train_step(objective, objective, opt, [batch], params, 1.0, amp, device)
+        train_step(objective, [batch], params, 1.0, amp, device)
         state["step"] += 1
         apply_update(objective, opt, state["step"])
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import os
 import platform
 import subprocess
 import sys
@@ -147,7 +145,7 @@ class TrainConfig:
     val_batches: int = 4
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
     compile: bool = False
-    resume: bool = True  # resume from out_dir/latest.pt when it exists
+    resume: str = "auto"  # auto: resume out_dir's run | never: refuse a used folder | force: accept changed settings
     progress: bool = True
     probe_every: int = 0  # periodic linear probe on the labelled val split; 0 disables
 
@@ -328,6 +326,9 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.mask.preset, tuple(MASK_PRESETS) + ("custom",), "mask.preset")
     _choice(cfg.mask.sampler, SAMPLERS, "mask.sampler")
     _choice(cfg.train.precision, ("auto", "bf16", "fp32"), "train.precision")
+    from usjepa.io.runfolder import resume_mode
+
+    cfg.train.resume = resume_mode(cfg.train.resume)  # true / false of older configs mean auto / never
     _choice(cfg.teacher.precision, PRECISIONS, "teacher.precision")
     _choice(cfg.data.panes, PANES, "data.panes")
     _choice(cfg.data.colour_frames, COLOUR_FRAMES, "data.colour_frames")
@@ -445,20 +446,13 @@ def package_versions() -> dict:
 
 
 def save_run_config(cfg: DictConfig, run_dir: str | Path) -> None:
-    """Write the resolved config, git commit + diff and package versions beside the run (atomically)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    info = git_info()
-    _atomic_write(run_dir / "git_diff.patch", info.pop("dirty_diff"))
-    meta = {"git": info, "versions": package_versions(), "argv": sys.argv, "host": platform.node()}
-    _atomic_write(run_dir / "env.json", json.dumps(meta, indent=2))
+    """Write the resolved config, git commit + diff and package versions beside the run (atomically).
 
+    A training config is refused when the folder holds a run with other settings (see usjepa.io.runfolder).
+    """
+    from usjepa.io.runfolder import RunFolder
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    RunFolder(run_dir).write_config(cfg)
 
 
 def to_dict(cfg: DictConfig) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,8 @@ import torch
 from torch import nn
 
 from usjepa.errors import UsjepaError
+from usjepa.io.atomic import atomic_write
+from usjepa.io.digest import DIGEST_KEY, digest_problem
 from usjepa.models.vit import VisionTransformer, build_vit
 
 
@@ -94,9 +95,8 @@ def export_encoder(encoder: VisionTransformer, path: str | Path, model_cfg: dict
         "model_config": json.dumps(model_cfg or {}),
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_write(path, mode=None) as tmp:  # the user's umask, not save_file's private 0600
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
@@ -154,6 +154,9 @@ def load_encoder_checkpoint(
                 f"'{path}' is not a usjepa checkpoint with a '{which}' entry and a config "
                 f"(top-level keys: {keys}); for other formats use teachers.load(family, path)"
             )
+        problem = digest_problem(ckpt) if DIGEST_KEY in ckpt else None
+        if problem:
+            raise CheckpointError(f"'{path}' is damaged: {problem}")
         mc = ckpt["config"]["model"]
         state = ckpt[which]
     if attn_backend:

@@ -89,6 +89,22 @@ def build_objective(cfg: DictConfig, total_steps: int, masker=None) -> Objective
     raise ValueError(f"unknown objective '{oc.name}'")
 
 
+def effective_precision(objective: Objective, cfg: DictConfig, device, amp: bool) -> dict:
+    """What the student and the teacher actually run in on `device` (the teacher says its own), for env.json."""
+    student = "bf16" if amp else "fp32"
+    teacher = getattr(objective, "teacher", None)
+    cache = getattr(objective, "cache", None)
+    if teacher is not None and hasattr(teacher, "runs_bf16"):
+        teacher_prec = "bf16" if teacher.runs_bf16(device) else "fp32"
+    elif cache is not None:
+        teacher_prec = f"cached targets ({cache.meta.get('dtype', '?')})"
+    elif cfg.objective.name == "ema_jepa":
+        teacher_prec = f"{student} (EMA target encoder, under the student's autocast)"
+    else:
+        teacher_prec = None  # mae: no teacher
+    return {"student": student, "teacher": teacher_prec, "device": str(device)}
+
+
 def build_mask_collator(cfg: DictConfig, base_collate) -> MaskCollator:
     """The collator training uses: the configured sampler on the model's patch grid, around `base_collate`."""
     grid = tuple(int(s) // int(cfg.model.patch_size) for s in cfg.model.img_size)

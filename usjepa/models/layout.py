@@ -66,6 +66,7 @@ class TokenLayout:
         return sum(self.seqlens) if self.seqlens is not None else -1
 
     @classmethod
+    @torch.compiler.disable  # numpy on host lengths: kept out of compiled graphs
     def from_segments(cls, segments: Sequence[Segment], num_seqs: int, device) -> TokenLayout:
         """Sequences made of `segments` side by side -> their layout; dense when no segment is padded."""
         lengths = np.zeros(num_seqs, dtype=np.int64)
@@ -96,13 +97,7 @@ class TokenLayout:
             return cls()
         return cls(valid, seqlens)
 
-    def with_prefix(self, prefix: int) -> TokenLayout:
-        """The same sequences with `prefix` real tokens (CLS) in front."""
-        if self.dense or prefix == 0:
-            return self
-        ones = torch.ones(self.valid.shape[0], prefix, dtype=torch.bool, device=self.valid.device)
-        return TokenLayout(torch.cat([ones, self.valid], dim=1), [n + prefix for n in self.seqlens])
-
+    @torch.compiler.disable  # host-side bookkeeping: runs eagerly under torch.compile (no tracing of the cache)
     def pack_index(self) -> Tensor:
         """[num_real] positions of the real slots in the flattened [S * L] batch, in order (no host sync: a stable
         sort puts the real slots first and the host knows how many there are)."""
@@ -111,6 +106,7 @@ class TokenLayout:
             self._pack = torch.sort(pad, stable=True).indices[: self.num_real]
         return self._pack
 
+    @torch.compiler.disable
     def block_diagonal_bias(self, xops, device):
         """xformers' BlockDiagonalMask for the packed real tokens (built once, reused by every block)."""
         if self._bias is None:

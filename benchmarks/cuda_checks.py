@@ -195,7 +195,7 @@ def check_compile(device, small: bool = False) -> dict:
     comp.__dict__["teacher"] = copy.deepcopy(eager.teacher)
     compile_parts(comp)
     tol = 2e-2 if device.type == "cuda" else 1e-4
-    shapes = []
+    shapes, errors = [], []
     for i, sampler in enumerate(("reference", "reference", "per_sample")):  # the last one padded (a layout)
         batch = salt_setup.draw_batch(eager, 8, 10 + i, device, sampler)
         shapes.append([m.context.shape[1] for m in batch["masks"]])
@@ -207,9 +207,11 @@ def check_compile(device, small: bool = False) -> dict:
             loss.backward()
             out.append((loss.detach(), [p.grad for p in obj.parameters() if p.requires_grad]))
         _close(out[1][0], out[0][0], tol, f"compiled loss (batch {i})")
-        for g1, g0 in zip(out[1][1], out[0][1]):
-            _close(g1, g0, tol * 5, f"compiled gradient (batch {i})")
-    return {"context_tokens_per_batch": shapes}
+        g1, g0 = (torch.cat([g.flatten().float() for g in grads]) for grads in (out[1][1], out[0][1]))
+        rel = ((g1 - g0).norm() / g0.norm()).item()  # fused kernels reorder sums: compare the whole gradient
+        assert rel < tol, f"compiled gradient (batch {i}): relative L2 error {rel:.3g} > {tol}"
+        errors.append(rel)
+    return {"context_tokens_per_batch": shapes, "grad_rel_l2": errors}
 
 
 # ----------------------------------------------------------------------------- activation checkpointing

@@ -23,10 +23,11 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 from launch.config import LaunchConfig
 from teachers.config import TeacherConfig
-from usjepa.data.config import DataConfig
+from usjepa.data.config import COLOUR_FRAMES, PANES, SOURCES, DataConfig
+from usjepa.errors import UsjepaError
 
 
-class ConfigError(ValueError):
+class ConfigError(UsjepaError, ValueError):
     """A configuration problem, phrased for the user: what, where, and what to do."""
 
 
@@ -329,6 +330,9 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.mask.sampler, SAMPLERS, "mask.sampler")
     _choice(cfg.train.precision, ("auto", "bf16", "fp32"), "train.precision")
     _choice(cfg.teacher.precision, PRECISIONS, "teacher.precision")
+    _choice(cfg.data.panes, PANES, "data.panes")
+    _choice(cfg.data.colour_frames, COLOUR_FRAMES, "data.colour_frames")
+    _check_data_source(cfg)
     if len(cfg.data.sim_lesion_size):
         from usjepa.data.phantom import check_lesion_size
 
@@ -379,6 +383,22 @@ def _check_data_recipe(cfg: DictConfig) -> None:
                           "keeps the whole frame): use data.preprocess=usrc (USrc-JEPA: fan crop) or none")
     if cfg.mask.region.enabled and d.region == "none":
         raise ConfigError("mask.region.enabled=true needs fan masks: set data.region to auto, given or estimate")
+
+
+def _check_data_source(cfg: DictConfig) -> None:
+    """data.source is known; data.source=prepared points at finished shards of this config's stored-data settings."""
+    _choice(cfg.data.source, SOURCES, "data.source")
+    if cfg.data.max_side < 0:
+        raise ConfigError(f"data.max_side must be >= 0 (0: twice the larger model.img_size side), got "
+                          f"{cfg.data.max_side}")
+    if cfg.data.source == "prepared":
+        from usjepa.data.errors import DataError
+        from usjepa.data.shards import check_prepared
+
+        try:
+            check_prepared(cfg.data, cfg.model.img_size)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _check_rope_heads(cfg: DictConfig, presets: dict) -> None:

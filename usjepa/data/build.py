@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from usjepa.data.config import SOURCES
 from usjepa.data.dataset import UltrasoundDataset, resolve_labels
 from usjepa.data.errors import DataError
 from usjepa.data.sources import read_manifest, read_ultrabench, scan_folder
 from usjepa.data.splits import SPLITS, check_patient_leakage, make_patient_splits
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("simulate", "folder", "manifest", "dicom", "video", "ultrabench")
 
 
 def cache_dir() -> Path:
@@ -77,6 +76,11 @@ def load_table(cfg) -> pd.DataFrame:
         return read_manifest(path, cfg.root if cfg.manifest else "", **kw)
     if not cfg.root:
         raise DataError(f"data.source={src} needs data.root (the folder to read)")
+    if src == "prepared":  # the shards' item table (settings checked by build_dataset / config validation)
+        from usjepa.data.shards import INDEX, read_meta
+
+        read_meta(cfg.root)
+        return pd.read_parquet(Path(cfg.root) / INDEX)
     if src == "ultrabench":
         return read_ultrabench(cfg.root, seed=cfg.seed)
     kinds = {"folder": {"image", "dicom", "video"}, "dicom": {"dicom"}, "video": {"video"}}.get(src)
@@ -90,8 +94,20 @@ def load_table(cfg) -> pd.DataFrame:
                        **kw)
 
 
+def has_labels(df: pd.DataFrame, task: str) -> bool:
+    """Whether the table carries a class label or a regression target for `task` (placeholder columns do not count)."""
+    labels, names, targets = resolve_labels(df, task)
+    if np.isfinite(targets).any():
+        return True
+    return labels is not None and bool((labels >= 0).any()) and names != ["unknown"]  # "unknown": a filled default
+
+
 def assign_splits(df: pd.DataFrame, cfg, where: str) -> pd.DataFrame:
-    """Keep given splits (after a leakage check); otherwise split labelled data by patient, unlabelled all 'train'."""
+    """Keep given splits (after a leakage check); otherwise split labelled data by patient (data.split_fractions).
+
+    Unlabelled data (a folder of images for pretraining) is all 'train': nothing is set aside for probe val/test
+    splits it cannot serve; the trainer holds out only what validation asks for (train.val_fraction).
+    """
     given = df["split"].astype(str)
     if (given != "").any():
         bad = sorted(set(given.unique()) - set(SPLITS) - {""})
@@ -101,12 +117,17 @@ def assign_splits(df: pd.DataFrame, cfg, where: str) -> pd.DataFrame:
         if has.any():
             check_patient_leakage(df["patient_id"][has].tolist(), given[has].tolist(), where)
         return df
-    labelled = any(c in df.columns for c in ("label", "label_name")) or cfg.task in df.columns
     df = df.copy()
-    if labelled:
+    if has_labels(df, cfg.task):
         df["split"] = make_patient_splits(df["patient_id"].tolist(), tuple(cfg.split_fractions), cfg.seed)
+        counts = df["split"].value_counts()
+        log.info("%s: labelled, no split column: split by patient %s -> %s", where,
+                 "/".join(f"{float(f):g}" for f in cfg.split_fractions),
+                 ", ".join(f"{k} {int(counts.get(k, 0))}" for k in SPLITS))
     else:
         df["split"] = "train"
+        log.info("%s: %d unlabelled items, all in 'train' (no val/test split is set aside for unlabelled data)",
+                 where, len(df))
     return df
 
 
@@ -116,6 +137,10 @@ def build_dataset(cfg, split: str | None, img_size: tuple[int, int], augment: bo
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got '{split}'")
     where = cfg.manifest or cfg.root or str(simulated_root(cfg))
+    if cfg.source == "prepared":
+        from usjepa.data.shards import check_prepared
+
+        check_prepared(cfg, img_size)
     df = assign_splits(load_table(cfg), cfg, f"data ({cfg.source}: {where})")
     labels, names, targets = resolve_labels(df, cfg.task)
     df = df.assign(_label=labels if labels is not None else -1, _target=targets)
@@ -125,4 +150,8 @@ def build_dataset(cfg, split: str | None, img_size: tuple[int, int], augment: bo
         if df.empty:
             raise DataError(f"split '{split}' of {where} is empty (splits present: {avail}); use split=None or add "
                             "a split column")
+    if cfg.source == "prepared":
+        from usjepa.data.prepared import PreparedDataset
+
+        return PreparedDataset(df, cfg, tuple(img_size), augment, cfg.root, seed, names)
     return UltrasoundDataset(df, cfg, tuple(img_size), augment, seed, cfg.source, names)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+PANES = ("split", "whole")  # data.panes
+COLOUR_FRAMES = ("skip", "gray", "keep")  # data.colour_frames
+SOURCES = ("simulate", "folder", "manifest", "dicom", "video", "ultrabench", "prepared")  # data.source
+
 
 @dataclass
 class DataConfig:
-    source: str = "simulate"  # simulate | folder | manifest | dicom | video | ultrabench
-    root: str = ""  # folder / UltraBench root / simulated dataset dir (generated there when missing)
+    source: str = "simulate"  # simulate | folder | manifest | dicom | video | ultrabench | prepared (shards)
+    root: str = ""  # folder / UltraBench root / simulated dataset dir (generated there when missing) / shard folder
     manifest: str = ""  # CSV or Parquet manifest
     task: str = "lesion"  # simulator task, or the label column for labelled sources ("folder": sub-folder names)
     num_images: int = 512  # simulator: images to generate when root is empty
@@ -34,6 +38,9 @@ class DataConfig:
     # --- sources
     frame_stride: int = 1  # DICOM cine / video: keep every n-th frame
     max_frames: int = 0  # DICOM cine / video: at most this many frames per file, evenly spread (0 = all)
+    panes: str = "split"  # multi-pane exports: split (each pane is an item with its own region) | whole (one item)
+    colour_frames: str = "skip"  # colour / power Doppler frames: skip (reported) | gray (colour inpainted) | keep
+    max_side: int = 0  # `usjepa data prepare`: longer side of stored frames (0 = twice the larger model.img_size side)
     patient_regex: str = ""  # folder sources: regex on the relative path whose group 1 is the patient id
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # when the source has no splits
     # --- balanced sampling (US-JEPA: per-dataset cap; organ weights fix organ bias)

@@ -77,7 +77,13 @@ def estimate_fan_mask(img: np.ndarray, threshold: float = 8 / 255, max_side: int
         return np.ones((h, w), bool)  # nothing stands out: treat the whole frame as signal
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
-    comp = lab == int(sizes.argmax())
+    return component_region(lab == int(sizes.argmax()), scale, (h, w), hull)
+
+
+def component_region(comp: np.ndarray, scale: float, shape: tuple[int, int], hull: bool = True) -> np.ndarray:
+    """A scan region found as one component on a copy scaled by `scale` -> bool mask of `shape` (full resolution):
+    holes filled, convex hull drawn at full resolution, the concave top arc of curvilinear probes kept open."""
+    h, w = shape
     comp = _fill_holes(comp)
     verts = _hull_vertices(comp) if hull else None
     if verts is not None:  # draw the hull at full resolution: exact edges even when estimated on a smaller copy

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from usjepa.errors import UsjepaError
 
-class PatientLeakageError(ValueError):
+
+class PatientLeakageError(UsjepaError, ValueError):
     """A patient's frames sit in more than one probe split."""
 
 

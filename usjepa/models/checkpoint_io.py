@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from usjepa.errors import UsjepaError
 from usjepa.models.vit import VisionTransformer, build_vit
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UsjepaError, RuntimeError):
     """A checkpoint that cannot be used as asked; the message names the file and the keys."""
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from usjepa.errors import UsjepaError
+
 logger = logging.getLogger(__name__)
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -26,7 +28,7 @@ SLURM_NODELIST_VARS = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODEL
 PORT_BASE, PORT_SPAN = 20000, 20000  # SLURM master port = PORT_BASE + job_id % PORT_SPAN
 
 
-class DistributedEnvError(RuntimeError):
+class DistributedEnvError(UsjepaError, RuntimeError):
     """The environment describes a distributed run only partly, or inconsistently."""
 
 

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from usjepa.config import ConfigError, save_run_config
+from usjepa.errors import UsjepaError
 from usjepa.models.checkpoint_io import CheckpointError, export_encoder, strict_load
 from usjepa.train.build import build_mask_collator, build_objective, holdout_split
 from usjepa.train.checkpoint import (
@@ -77,7 +78,7 @@ RESUME_KEYS = (
 )
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UsjepaError, RuntimeError):
     """The run cannot go on (diverged loss, bad data share...); the last good checkpoint is kept."""
 
 
@@ -143,6 +144,8 @@ class _Trainer:
         frac = cfg.train.val_fraction if cfg.train.val_every > 0 else 0.0
         patients = getattr(ds, "patient_ids", None)
         train_idx, val_idx = holdout_split(len(ds), patients, frac, cfg.train.seed)
+        log.info("training on %d of %d items, %d held out for validation (train.val_fraction=%g)",
+                 len(train_idx), len(ds), len(val_idx), frac)
         self.dataset, self.train_idx, self.val_idx = ds, train_idx, val_idx
         self.val_dataset = (
             build_dataset(cfg.data, split="train", img_size=img, augment=False, seed=cfg.data.seed)

@@ -30,6 +30,7 @@ import flops as F  # noqa: E402
 RECIPE = "configs/pretrain/salt_vitb16.yaml"
 STUDENTS = {"vit_base": "vit_base", "vit_large": "vit_large"}  # student -> teacher (SALT: ViT-L teaches all but B)
 RECIPE_DATA_ROW = "PNG, fan mask file: decode+none+augment @224 (1 worker)"  # preprocess none, as the recipe
+PREPARED_ROW = "export PNG 600x800: prepared shards, US-JEPA preset @224 (1 worker)"  # the data issue's shards
 
 
 def mask_stats(batch: int, batches: int) -> tuple[dict, str]:
@@ -79,6 +80,9 @@ def main() -> None:
         if recipe:
             row["workers_recipe_path"] = math.ceil(rate / recipe["images_per_s"])
             row["workers_per_8gpu_node"] = 8 * row["workers_recipe_path"]
+        prepared = next((w for w in workers if w["what"] == PREPARED_ROW), None)
+        if prepared:
+            row["workers_prepared_shards"] = math.ceil(rate / prepared["images_per_s"])
         rows.append(row)
         print(f"{student} (teacher {teacher}): {parts['total'] / 1e9:.1f} GFLOP/image -> {rate:,.0f} images/s per "
               f"GPU at {args.mfu:.0%} MFU; {row.get('workers_recipe_path', '?')} loader workers per GPU on the "
@@ -89,6 +93,8 @@ def main() -> None:
                                "target_mean": p["target_tokens_per_block"]["mean"]} for p in stats["pairs"]],
                "per_worker_images_per_s": {w["what"]: w["images_per_s"] for w in workers},
                "data_machine": data_machine, "rows": rows,
+               # bench_data.py sizes its workers-per-GPU figures with this: the most demanding student's rate
+               "images_per_s": max(r["images_per_s_per_gpu"] for r in rows),
                "command": "python benchmarks/bench_feed_rate.py" + (" --quick" if args.quick else "")}
     common.write_json("feed_rate", payload)
     pairs = ", ".join(f"{p['context_mean']:.1f} context + {p['target_mean']:.1f} target tokens"
@@ -98,12 +104,13 @@ def main() -> None:
           f"GPU: {args.mfu:.0%} MFU of {args.peak_tflops:g} TFLOP/s dense bf16 (H100 SXM / H200); "
           f"{args.batch} images per GPU per step.", "",
           common.md_table(rows, ["student", "teacher", "gflop_per_image", "teacher_share", "images_per_s_per_gpu",
-                                 "workers_recipe_path", "workers_per_8gpu_node"]), "",
-          "workers_recipe_path uses the PNG row with preprocess none (the recipe's). Loader workers per GPU by data "
-          "path (per-worker rates from results/data.json: `bench_data.py --quick`, 48 frames per source, on "
-          f"{data_machine.get('cpu', '?')} with 1 thread per worker, a busy shared machine, so rough; its rows use "
-          "the default augmentation policy (gain/contrast/gamma jitter, blur, speckle), heavier than the SALT "
-          "recipe's crop + flip, so for the recipe these counts are upper bounds):", "",
+                                 "workers_recipe_path", "workers_per_8gpu_node", "workers_prepared_shards"]), "",
+          "workers_recipe_path uses the per-item PNG row with preprocess none (the recipe's), "
+          "workers_prepared_shards the prepared-shard row of 600x800 exports. Loader workers per GPU by data path "
+          "(per-worker rates from results/data.json: `bench_data.py --quick` on "
+          f"{data_machine.get('cpu', '?')} with 1 thread per worker, a busy shared machine, so rough; its per-item "
+          "rows use the default augmentation policy and its prepared rows the US-JEPA preset, both heavier than the "
+          "SALT recipe's crop + flip, so for the recipe these counts are upper bounds):", "",
           "| path | images/s per worker | " + " | ".join(f"{r['student']} workers" for r in rows) + " |",
           "|---|---|" + "---|" * len(rows)]
     for w in workers:

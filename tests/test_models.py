@@ -181,3 +181,86 @@ def test_rope_predictor_padding_and_decoder():
     assert a.shape == (1, 24, 256)
     with pytest.raises(ValueError, match="divisible by 4"):
         Predictor(in_dim=192, out_dim=64, embed_dim=36, depth=1, num_heads=6, pos_embed="rope")
+
+
+# ----------------------------------------------------------------------------- variable-length batches
+
+
+def _salt_parts(backend, per_block, pos_embed, grid=(6, 6), seed=0):
+    """A tiny SALT student + predictor (identical weights for every backend) and a stand-in target cache."""
+    from usjepa.objectives import SALT
+
+    torch.manual_seed(seed)
+    student = build_vit("vit_tiny", depth=2, img_size=(grid[0] * 8, grid[1] * 8), patch_size=8, in_chans=1,
+                        cls_token=pos_embed == "sincos", pos_embed=pos_embed, attn_backend=backend, drop_path=0.0)
+    predictor = Predictor(192, 48, embed_dim=64, depth=2, num_heads=4, per_block=per_block, attn_backend=backend,
+                          pos_embed=pos_embed, num_mask_tokens=2)
+    targets = torch.randn(4, grid[0] * grid[1], 48, generator=torch.Generator().manual_seed(seed + 1))
+
+    class Cache:
+        def get(self, index):
+            return targets[:len(index)].to(index.device)
+
+    return SALT(student, predictor, None, cache=Cache())
+
+
+def _mask_batches(kind, grid=(6, 6), B=4):
+    from usjepa.masks import ComplementMasker, MultiBlockMasker, PerSampleSampler, VJepaMultiBlock
+
+    if kind == "per_sample_blocks":  # I-JEPA-like blocks drawn per image: padded context and targets
+        sampler = PerSampleSampler(MultiBlockMasker(grid, target_scale=(0.1, 0.3), num_targets=3, min_keep=2))
+    elif kind == "per_sample_complement":
+        sampler = PerSampleSampler(ComplementMasker(grid))
+    else:  # the SALT recipe's reference sampler: truncated to the batch minimum, nothing padded
+        sampler = VJepaMultiBlock(grid)
+    return sampler(list(range(100, 100 + B)))
+
+
+@pytest.mark.parametrize("per_block,pos_embed,masks", [(True, "sincos", "per_sample_blocks"),
+                                                       (False, "rope", "per_sample_complement")])
+def test_backends_agree_on_padded_batches_forward_and_backward(monkeypatch, per_block, pos_embed, masks):
+    """math, SDPA and the xformers packing (on a CPU reference of its kernel) give the same SALT loss and the same
+    gradients on per-sample masks, whose contexts and target blocks are padded to different lengths."""
+    from tests import xformers_reference as xref
+
+    xref.install(monkeypatch)
+    mbs = _mask_batches(masks)
+    assert any(m.context_lengths is not None for m in mbs) and any(m.targets_lengths is not None for m in mbs)
+    batch = {"image": torch.rand(4, 1, 48, 48, generator=torch.Generator().manual_seed(3)), "masks": mbs,
+             "index": torch.arange(4)}
+    results = {}
+    for backend in ("math", "sdpa", "xformers"):
+        obj = _salt_parts(backend, per_block, pos_embed)
+        loss, _ = obj(batch)
+        loss.backward()
+        results[backend] = (loss.detach(), {n: p.grad for n, p in obj.named_parameters()})
+    assert xref.calls and all(c is not None for c in xref.calls)  # every xformers call ran packed
+    loss_ref, grads_ref = results["math"]
+    for backend in ("sdpa", "xformers"):
+        loss, grads = results[backend]
+        torch.testing.assert_close(loss, loss_ref, atol=1e-5, rtol=1e-5)
+        for name, g in grads.items():
+            torch.testing.assert_close(g, grads_ref[name], atol=1e-5, rtol=1e-4, msg=f"{backend}: {name}")
+
+
+@pytest.mark.parametrize("backend,masks", [("sdpa", "per_sample_blocks"), ("xformers", "per_sample_blocks"),
+                                           ("xformers", "reference"), ("math", "per_sample_complement")])
+def test_salt_forward_backward_never_reads_the_device(monkeypatch, backend, masks):
+    """The whole student + predictor + loss forward and backward on the meta device, where nothing can be read
+    back, under a mode that fails on any data-dependent op: the layouts come from the collator's host lengths.
+    Reference masks are never padded, so the dense kernel runs (no bias at all)."""
+    from tests import xformers_reference as xref
+    from tests.host_sync import no_host_sync
+
+    xref.install(monkeypatch)
+    per_block = masks == "per_sample_blocks"
+    obj = _salt_parts(backend, per_block, "rope" if not per_block else "sincos").to("meta")
+    batch = {"image": torch.rand(4, 1, 48, 48, device="meta"), "index": torch.arange(4, device="meta"),
+             "masks": [m.to("meta") for m in _mask_batches(masks)]}
+    with no_host_sync():
+        loss, _ = obj(batch)
+        loss.backward()
+    assert loss.device.type == "meta"
+    if backend == "xformers":
+        padded = [c for c in xref.calls if c is not None]
+        assert (not padded) if masks == "reference" else padded

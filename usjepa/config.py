@@ -145,6 +145,7 @@ class TrainConfig:
     val_batches: int = 4
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute every block of the trained models in backward: less memory
     resume: str = "auto"  # auto: resume out_dir's run | never: refuse a used folder | force: accept changed settings
     progress: bool = True
     probe_every: int = 0  # periodic linear probe on the labelled val split; 0 disables

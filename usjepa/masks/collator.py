@@ -18,16 +18,52 @@ from torch import Tensor
 
 @dataclass
 class MaskBatch:
-    """One mask pair for a batch. Padding slots hold index 0 and are False in the `*_valid` tensors."""
+    """One mask pair for a batch. Padding slots hold index 0 and are False in the `*_valid` tensors.
+
+    The real-token counts travel beside the masks as host integers (`*_lengths`, numpy): the models decide their
+    attention layout from them (dense kernel, or xformers' block-diagonal lengths) without reading the device.
+    """
 
     context: Tensor  # [B, Kc] long
     context_valid: Tensor | None  # [B, Kc] bool, None when nothing is padded
     targets: Tensor  # [B, T, Kt] long
     targets_valid: Tensor | None  # [B, T, Kt] bool
+    context_lengths: np.ndarray | None = None  # [B] int64 on the host, None when nothing is padded
+    targets_lengths: np.ndarray | None = None  # [B, T] int64 on the host
+
+    def __post_init__(self) -> None:
+        self.context_lengths = _host_lengths(self.context_valid, self.context_lengths, "context")
+        self.targets_lengths = _host_lengths(self.targets_valid, self.targets_lengths, "targets")
+
+    def _moved(self, fn) -> MaskBatch:
+        mv = lambda t: None if t is None else fn(t)
+        return MaskBatch(mv(self.context), mv(self.context_valid), mv(self.targets), mv(self.targets_valid),
+                         self.context_lengths, self.targets_lengths)
 
     def to(self, device) -> MaskBatch:
-        mv = lambda t: None if t is None else t.to(device, non_blocking=True)
-        return MaskBatch(mv(self.context), mv(self.context_valid), mv(self.targets), mv(self.targets_valid))
+        return self._moved(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> MaskBatch:
+        """Called by a DataLoader with pin_memory=True, so that `to(device)` copies asynchronously."""
+        return self._moved(lambda t: t.pin_memory())
+
+
+def _host_lengths(valid: Tensor | None, lengths, what: str) -> np.ndarray | None:
+    """The per-row real-token counts of a `*_valid` mask, as host integers; checked against the mask while it is on
+    the CPU (where the collator builds it), so a layout can never disagree with its mask."""
+    if valid is None:
+        if lengths is not None:
+            raise ValueError(f"{what}_lengths given without {what}_valid")
+        return None
+    if valid.device.type != "cpu":
+        if lengths is None:
+            raise ValueError(f"{what}_valid on {valid.device} needs {what}_lengths (host counts); build the MaskBatch "
+                             "on the CPU, as the collator does, and move it with .to(device)")
+        return np.asarray(lengths, dtype=np.int64)
+    counts = valid.sum(-1).numpy().astype(np.int64)
+    if lengths is not None and not np.array_equal(np.asarray(lengths).reshape(counts.shape), counts):
+        raise ValueError(f"{what}_lengths disagree with the real tokens of {what}_valid")
+    return counts
 
 
 def _pad(rows: list[np.ndarray]) -> tuple[Tensor, Tensor | None]:

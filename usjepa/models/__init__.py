@@ -1,6 +1,7 @@
 """Models: the ViT encoder, the JEPA predictor, the MAE decoder, and encoder checkpoint I/O."""
 
 from usjepa.models.checkpoint_io import export_encoder, load_encoder_checkpoint
+from usjepa.models.checkpointing import apply_activation_checkpointing, checkpointed_blocks
 from usjepa.models.predictor import Predictor
 from usjepa.models.vit import VIT_PRESETS, VisionTransformer, build_vit
 
@@ -30,6 +31,8 @@ __all__ = [
     "VisionTransformer",
     "Predictor",
     "build_vit",
+    "apply_activation_checkpointing",
+    "checkpointed_blocks",
     "build_encoder",
     "export_encoder",
     "load_encoder_checkpoint",

@@ -10,9 +10,11 @@ import math
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from usjepa.models.attention import Attention
+from usjepa.models.layout import TokenLayout
 
 POS_EMBEDS = ("sincos", "rope")
 
@@ -58,7 +60,11 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; `valid` [B, N] marks real (non-padding) tokens."""
+    """Pre-norm transformer block; `layout` marks real (non-padding) tokens.
+
+    With `grad_checkpointing` set (see `usjepa.models.checkpointing`), a forward that records gradients keeps only
+    the block's input and recomputes the rest during backward (same RNG state, so drop-path draws match).
+    """
 
     def __init__(
         self,
@@ -75,9 +81,15 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
+        self.grad_checkpointing = False
 
-    def forward(self, x: Tensor, valid: Tensor | None = None, rope=None) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), valid, rope))
+    def forward(self, x: Tensor, layout: TokenLayout | None = None, rope=None) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, layout, rope, use_reentrant=False)
+        return self._forward(x, layout, rope)
+
+    def _forward(self, x: Tensor, layout: TokenLayout | None, rope) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), layout, rope))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

@@ -39,6 +39,10 @@ class MAEDecoder(nn.Module):
         self.apply(xavier_init if init == "mae" else init_weights)  # MAE: xavier-uniform, like its encoder
         nn.init.normal_(self.mask_token, std=0.02)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for blk in self.decoder_blocks:
+            blk.grad_checkpointing = enable
+
     def forward(self, visible: Tensor, keep: Tensor, grid: tuple[int, int], keep_valid: Tensor | None = None,
                 cls: Tensor | None = None) -> Tensor:
         """visible [B, K, D] at patch indices keep [B, K] (+ the encoder's cls [B, D]) -> pixel predictions

@@ -22,6 +22,7 @@ from usjepa.models.layers import (
     sincos_2d,
     xavier_init,
 )
+from usjepa.models.layout import Segment, TokenLayout
 from usjepa.models.rope import RopeTables
 
 VIT_PRESETS: dict[str, dict[str, int]] = {
@@ -162,28 +163,43 @@ class VisionTransformer(nn.Module):
     def _embed(self, images: Tensor, keep: Tensor | None) -> tuple[Tensor, dict]:
         return self.block_inputs(self.prepare(images), keep)
 
-    def _prefix_valid(self, keep_valid: Tensor | None) -> Tensor | None:
-        if keep_valid is None or bool(keep_valid.all()):
+    def token_layout(self, keep: Tensor | None, keep_valid: Tensor | None,
+                     keep_lengths=None) -> TokenLayout | None:
+        """The layout of the block inputs (prefix + kept tokens), from the collator's host lengths; None when every
+        token is real (the dense kernels run). keep_valid [B, K] bool and keep_lengths [B] host ints come together."""
+        if keep_valid is None and keep_lengths is None:
             return None
-        if self.num_prefix_tokens:
-            ones = keep_valid.new_ones(keep_valid.shape[0], self.num_prefix_tokens)
-            return torch.cat([ones, keep_valid], dim=1)
-        return keep_valid
+        if keep is None:
+            raise ValueError("keep_valid / keep_lengths describe a kept subset: pass keep too")
+        parts = [Segment(self.num_prefix_tokens)] if self.num_prefix_tokens else []
+        parts.append(Segment(keep.shape[1], keep_valid, keep_lengths))
+        layout = TokenLayout.from_segments(parts, keep.shape[0], keep.device)
+        return None if layout.dense else layout
 
     def forward_features(
-        self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None
+        self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None, keep_lengths=None
     ) -> tuple[Tensor | None, Tensor]:
-        """(cls [B, D] or None, patch tokens [B, N or K, D]) after the final norm."""
+        """(cls [B, D] or None, patch tokens [B, N or K, D]) after the final norm.
+
+        `keep` [B, K] selects patches; a padded selection marks its real slots with `keep_valid` [B, K] (device)
+        and counts them per row in `keep_lengths` [B] (host integers, as the mask collator gives them).
+        """
         x, kw = self._embed(images, keep)
-        valid = self._prefix_valid(keep_valid)
+        layout = self.token_layout(keep, keep_valid, keep_lengths)  # built once, shared by every block
         for blk in self.blocks:
-            x = blk(x, valid, **kw)
+            x = blk(x, layout, **kw)
         x = self.norm(x)
         cls = x[:, 0] if self.num_prefix_tokens else None
         return cls, x[:, self.num_prefix_tokens :]
 
-    def forward(self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None) -> Tensor:
-        return self.forward_features(images, keep, keep_valid)[1]
+    def forward(self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None,
+                keep_lengths=None) -> Tensor:
+        return self.forward_features(images, keep, keep_valid, keep_lengths)[1]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward instead of keeping its activations (timm's method name)."""
+        for blk in self.blocks:
+            blk.grad_checkpointing = enable
 
     def get_intermediate_layers(
         self, images: Tensor, n: int = 1, norm: bool = True

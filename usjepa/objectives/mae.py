@@ -38,7 +38,7 @@ class MAE(Objective):
             target = (target - mean) / (var + 1e-6).sqrt()
         losses, feats = [], []
         for m in batch["masks"]:  # every mask pair: MAE has one, V-Pixel (SALT stage 1) two
-            cls, z = self.student.forward_features(images, m.context, m.context_valid)  # [B, K, D]
+            cls, z = self.student.forward_features(images, m.context, m.context_valid, m.context_lengths)  # [B, K, D]
             pred = self.decoder(z, m.context, grid, m.context_valid, cls=cls).float()  # [B, N, p*p*C]
             losses.append(self._masked_mse(pred, target, m))
             feats.append(pooled_features(z.detach(), m.context_valid))

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint slurm-up slurm-down bench clean
+.PHONY: setup demo test test-fast lint slurm-up slurm-down bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,13 @@ slurm-down:
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+# One GPU, at most 8 minutes: CUDA checks, then the ViT-B/16 SALT step and attention kernels measured into
+# benchmarks/results/gpu.json and gpu.md. Needs only torch and timm (README: "GPU check"), so it does not depend on
+# `setup`; GPU_PYTHON picks the interpreter (default: the venv's when it exists, else python3).
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

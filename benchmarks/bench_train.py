@@ -22,8 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks
-
 
 def child(spec: dict) -> dict:
     import numpy as np
@@ -80,7 +78,7 @@ def child(spec: dict) -> dict:
     state = {"step": 0}
 
     def step():
-        train_step(objective, objective, opt, [batch], params, 1.0, amp, device)
+        train_step(objective, [batch], params, 1.0, amp, device)
         state["step"] += 1
         apply_update(objective, opt, state["step"])
 
@@ -120,8 +118,9 @@ def child(spec: dict) -> dict:
         "device": str(device),
     }
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(0)
-        peak_tf = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+        from flops import bf16_peak_tflops
+
+        peak_tf = bf16_peak_tflops(torch.cuda.get_device_name(0))
         if peak_tf:
             res["mfu"] = res["achieved_tflops"] / peak_tf
     return res

@@ -21,9 +21,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
-SCRIPTS = ["bench_attention.py", "bench_train.py", "bench_teacher.py", "bench_data.py", "bench_probe.py"]
+SCRIPTS = ["bench_attention.py", "bench_train.py", "bench_teacher.py", "bench_data.py", "bench_probe.py",
+           "bench_memory.py", "bench_feed_rate.py"]  # feed_rate reads data.json: after bench_data.py
 NAMES = {"bench_attention.py": "attention", "bench_train.py": "train", "bench_teacher.py": "teacher",
-         "bench_data.py": "data", "bench_probe.py": "probe"}
+         "bench_data.py": "data", "bench_probe.py": "probe", "bench_memory.py": "memory",
+         "bench_feed_rate.py": "feed_rate"}
+OPTIONAL = {"gpu": "benchmarks/gpu_check.py (make gpu-check) on a GPU node"}  # quoted when its JSON exists
 
 
 def run(quick: bool) -> dict[str, float]:
@@ -53,6 +56,12 @@ def summary(results: Path) -> str:
         body = md.read_text().strip() if md.exists() else "```json\n" + json.dumps(data, indent=1)[:3000] + "\n```"
         body = body.replace("\n# ", "\n### ").replace("# ", "## ", 1) if body.startswith("# ") else body
         parts += [body, ""]
+    for name, how in OPTIONAL.items():
+        md = results / f"{name}.md"
+        if md.exists():
+            parts += [md.read_text().strip().replace("# ", "## ", 1), ""]
+        else:
+            parts += [f"## {name}", "", f"_not run yet: {how}_", ""]
     notes = HERE / "NOTES.md"
     if notes.exists():  # the hand-written reading of the numbers (targets met or missed, and why)
         parts += [notes.read_text().strip(), ""]

@@ -1,4 +1,7 @@
-"""Arguments and handlers of `usjepa submit`, `usjepa sweep` and `usjepa status` (usjepa/cli.py wires them)."""
+"""Arguments and handlers of `usjepa submit`, `sweep`, `status`, `cancel` and `resubmit` (usjepa/cli.py wires them).
+
+Errors are raised, not printed: the `usjepa` entry point prints every expected failure as one `error:` line.
+"""
 
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
-    """`usjepa submit CONFIG [k=v ...] [--cluster slurm|local|debug] [--dry-run] [--wait]`."""
+    """`usjepa submit CONFIG [k=v ...] [--cluster slurm|local|debug] [--dry-run] [--wait] [--force]`."""
     parser.add_argument("config", help="YAML config file (e.g. configs/pretrain/salt_vit_tiny_sim.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. launch.nodes=2 train.steps=1000")
     _common(parser)
+    parser.add_argument("--force", action="store_true",
+                        help="submit even when the run folder already completed this config")
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +37,22 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep", help="sweep YAML: base config + grid or runs (see configs/sweep/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides applied to every member")
     _common(parser)
+    parser.add_argument("--failed-only", action="store_true",
+                        help="submit only members that ran and ended without completing (not the never-submitted)")
+
+
+def add_cancel_arguments(parser: argparse.ArgumentParser) -> None:
+    """`usjepa cancel DIR [--dry-run]`."""
+    parser.add_argument("dir", help="a run folder or a sweep folder (every member's job is cancelled)")
+    parser.add_argument("--dry-run", action="store_true", help="say what would be cancelled; cancel nothing")
+
+
+def add_resubmit_arguments(parser: argparse.ArgumentParser) -> None:
+    """`usjepa resubmit DIR [--cluster ...] [--dry-run] [--wait]`."""
+    parser.add_argument("dir", help="a run folder or a sweep folder")
+    parser.add_argument("--cluster", choices=CLUSTERS, default=None, help=_CLUSTER_HELP)
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and print the sbatch script only")
+    parser.add_argument("--wait", action="store_true", help="block until the job(s) finish")
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,8 +91,12 @@ def run_submit(args: argparse.Namespace) -> int:
     from launch.submit import resolve_run_config, submit_run
 
     cfg = resolve_run_config(args.config, args.overrides, args.launch_file)
-    sub = submit_run(cfg, cluster=args.cluster, dry_run=args.dry_run)
+    sub = submit_run(cfg, cluster=args.cluster, dry_run=args.dry_run, force=args.force)
     run_dir = sub.run_dirs[0]
+    if sub.completed:
+        print(f"nothing submitted: '{run_dir}' is already {sub.completed}. Raise train.steps to extend it, use a new "
+              "train.out_dir, or pass --force")
+        return 0
     if args.dry_run:
         if sub.script is not None:
             print(sub.script)
@@ -90,7 +115,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     spec = load_sweep(args.sweep)
     sub, plan = submit_sweep(spec, cluster=args.cluster, dry_run=args.dry_run, extra_overrides=args.overrides,
-                             launch_file=args.launch_file)
+                             launch_file=args.launch_file, failed_only=args.failed_only)
     for m, why in plan.skipped:
         print(f"skip {m.name}: {why}")
     if args.dry_run:
@@ -113,15 +138,47 @@ def run_sweep(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from launch.status import collect_status, format_status, watch
 
-    try:
-        if args.watch is not None:
-            watch(args.dir, args.watch, query_slurm=not args.no_slurm)
-            return 0
-        df = collect_status(args.dir, query_slurm=not args.no_slurm)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.watch is not None:
+        watch(args.dir, args.watch, query_slurm=not args.no_slurm)
+        return 0
+    df = collect_status(args.dir, query_slurm=not args.no_slurm)
     print(format_status(df))
     if args.csv:
         df.to_csv(args.csv, index=False)
     return 0
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    from launch.control import cancel
+
+    outcomes = cancel(args.dir, dry_run=args.dry_run)
+    if not outcomes:
+        print(f"no runs under '{args.dir}'")
+    verb = "would cancel" if args.dry_run else "cancelled"
+    for o in outcomes:
+        job = f" (job {o.job_id})" if o.job_id else ""
+        if o.action == "skipped":
+            print(f"left alone{job}: {o.run}: {o.detail}")
+        else:
+            print(f"{verb}{job} [{o.action}]: {o.run}")
+    return 0
+
+
+def run_resubmit(args: argparse.Namespace) -> int:
+    from launch.resubmit import resubmit
+
+    sub, plan = resubmit(args.dir, cluster=args.cluster, dry_run=args.dry_run)
+    for run, why in plan.skipped:
+        print(f"skip {run}: {why}")
+    if not plan.to_submit:
+        print(f"nothing to resubmit under '{args.dir}'")
+        return 0
+    for run, state in plan.to_submit:
+        print(f"{'would resubmit' if args.dry_run else 'resubmit'} ({state}): {run}")
+    if args.dry_run:
+        if sub.script is not None:
+            print(sub.script)
+        return 0
+    print(f"submitted {len(sub.jobs)} job(s) on {sub.cluster}: {', '.join(sub.job_ids)}\n"
+          f"follow them with: usjepa status {args.dir}")
+    return _finish(sub, args.wait)

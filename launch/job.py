@@ -1,12 +1,17 @@
 """The callable every launcher runs: a submitit `Checkpointable` around the training entry point.
 
-Preemption: submitit's own handler for the preemption signal (USR2 unless SUBMITIT_PREEMPT_SIGNAL says
-otherwise) would call `checkpoint()` in the middle of a step. While training runs, `TrainJob` replaces it
-with a handler that only raises a flag; the trainer polls the flag at step boundaries, saves `latest.pt`
-atomically and returns "preempted"; rank 0 then requeues the job (through submitit's requeue for the
-executor: `scontrol requeue` on SLURM, a restart by the local controller) into the same run folder, where
-the next start resumes from `latest.pt`. Requeues are counted in `job_events.json` against
-`launch.max_requeues`. Any restart resumes, whatever caused it (node failure included).
+Stop signals: while training runs, `TrainJob` replaces submitit's handlers (which would checkpoint in the
+middle of a step on USR2, and ignore SIGTERM) with a `StopFlag` for USR2 (or SUBMITIT_PREEMPT_SIGNAL), SIGTERM
+and SIGINT. The trainer polls the flag at step boundaries, saves `latest.pt` atomically and returns
+"preempted". What follows depends on the signal:
+- USR2 (preemption or the time limit, `launch.signal_delay_s` before it): rank 0 requeues the job through
+  submitit (`scontrol requeue` on SLURM, a restart by the local controller), counted in `job_events.json`
+  against `launch.max_requeues`;
+- SIGTERM (scancel, `scontrol requeue`, preemption with a grace time) or SIGINT: no requeue from here (the job
+  was cancelled, or SLURM requeues it itself); the stop is recorded in `job_events.json`.
+The next start resumes from the run folder, whatever caused the restart (node failure included), and its log
+says from which step. Rank 0 holds the run folder's lock for the whole job, so a second job for the same folder
+is refused before it writes anything there.
 """
 
 from __future__ import annotations
@@ -18,12 +23,16 @@ import signal
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import submitit
 from submitit.helpers import Checkpointable
 
 from launch.runfiles import link_logs, record_event, requeue_count
+from usjepa.io.lock import FolderLock
+
+if TYPE_CHECKING:
+    from usjepa.train.signals import StopFlag
 
 logger = logging.getLogger(__name__)
 
@@ -49,29 +58,11 @@ def job_environment() -> submitit.JobEnvironment | None:
         return None
 
 
-class PreemptionFlag:
-    """A signal handler that only records that the signal came; calling the flag says whether it did."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        os.write(2, f"usjepa: caught signal {signum}; saving at the next step boundary\n".encode())
-
-    def install(self, *signums: int) -> PreemptionFlag:
-        for s in signums:
-            self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous.clear()
+def _log_to_stderr() -> None:
+    """A job process has no logging set up: send INFO lines (resume step, stops, requeues) to the job's log."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
 
 
 def _export_local_ranks(env: submitit.JobEnvironment | None) -> None:
@@ -113,19 +104,41 @@ class TrainJob(Checkpointable):
         env = job_environment()
         rank = env.global_rank if env is not None else 0
         _export_local_ranks(env)
+        _log_to_stderr()
         cfg = self.typed_config()
+        lock = FolderLock(self.run_dir)
         if rank == 0:
-            self._record_start(env)
-        flag = PreemptionFlag()
-        if env is not None and env.name() != "debug":
-            flag.install(submitit.JobEnvironment._usr_sig())  # replaces submitit's mid-step checkpoint handler
+            lock.acquire()  # before anything is written: a second job for this folder is refused here
         try:
-            result = _import(self.entry)(cfg, should_stop=flag)
+            if rank == 0:
+                self._record_start(env)
+            from usjepa.train.signals import StopFlag  # (imports the trainer package: only in the job)
+
+            flag = StopFlag().install(signal.SIGTERM, signal.SIGINT)
+            if env is not None and env.name() != "debug":
+                flag.install(submitit.JobEnvironment._usr_sig())  # replaces submitit's mid-step checkpoint handler
+            try:
+                result = _import(self.entry)(cfg, should_stop=flag)
+            finally:
+                flag.restore()
+            if getattr(result, "status", None) == "preempted":
+                self._after_stop(env, rank, int(getattr(result, "step", -1)), flag)
+            return result
         finally:
-            flag.restore()
-        if getattr(result, "status", None) == "preempted":
-            self._requeue_after_stop(env, rank, int(getattr(result, "step", -1)))
-        return result
+            lock.release()
+
+    def _after_stop(self, env: submitit.JobEnvironment | None, rank: int, step: int, flag: StopFlag) -> None:
+        """Requeue after the preemption signal; after SIGTERM / SIGINT record the stop and end the job."""
+        usr = submitit.JobEnvironment._usr_sig()
+        if usr in flag.signals or flag.signum is None:
+            self._requeue_after_stop(env, rank, step)
+            return
+        if rank == 0:
+            record_event(self.run_dir, "stop", submission=self.submission_id, step=step, signal=flag.reason,
+                         job_id=env.job_id if env is not None else None)
+        logger.warning("stopped by %s at step %d; latest.pt is saved in %s. A requeued or preempted job resumes "
+                       "from it by itself; after a cancel, submit the same config again to resume",
+                       flag.reason, step, self.run_dir)
 
     def _record_start(self, env: submitit.JobEnvironment | None) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

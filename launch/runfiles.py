@@ -1,64 +1,46 @@
 """The launcher's files in a run folder: `launch.json` (written at submission) and `job_events.json`
-(written by the job: starts and requeues). The trainer owns `status.json` and `metrics.csv`.
+(written by the job: starts, requeues and stops). Thin wrappers over `usjepa.io.runfolder.RunFolder`, which
+owns every file name and write of a run folder (the trainer's `status.json` and `metrics.csv` included).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
-LAUNCH_FILE = "launch.json"
-EVENTS_FILE = "job_events.json"
-STATUS_FILE = "status.json"
-METRICS_FILE = "metrics.csv"
+from usjepa.io.atomic import atomic_write_json as _atomic_write_json
+from usjepa.io.runfolder import EVENTS, LAUNCH, METRICS, STATUS, RunFolder, read_json
+
+LAUNCH_FILE = LAUNCH
+EVENTS_FILE = EVENTS
+STATUS_FILE = STATUS
+METRICS_FILE = METRICS
 SWEEP_FILE = "sweep.json"
 SUBMITIT_DIR = "submitit"
+
+__all__ = ["LAUNCH_FILE", "EVENTS_FILE", "STATUS_FILE", "METRICS_FILE", "SWEEP_FILE", "SUBMITIT_DIR",
+           "atomic_write_json", "read_json", "write_launch_record", "read_events", "record_event",
+           "requeue_count", "link_logs", "read_yaml_file"]
 
 
 def atomic_write_json(path: Path, doc: Any) -> None:
     """Write JSON to a temp file beside `path` and rename it over `path` (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict | None:
-    """The JSON document at `path`, or None when it is missing or unreadable (a run folder being written)."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    _atomic_write_json(path, doc)
 
 
 def write_launch_record(run_dir: Path, **fields: Any) -> dict:
     """Record how the run was submitted (cluster, job id, log files, submission id, sweep membership)."""
-    doc = {"submitted": time.time(), "host": socket.gethostname(), **fields}
-    atomic_write_json(Path(run_dir) / LAUNCH_FILE, doc)
-    return doc
+    return RunFolder(run_dir).write_launch(**fields)
 
 
 def read_events(run_dir: Path) -> dict:
-    doc = read_json(Path(run_dir) / EVENTS_FILE) or {}
-    doc.setdefault("starts", [])
-    doc.setdefault("requeues", [])
-    return doc
+    return RunFolder(run_dir).read_events()
 
 
 def record_event(run_dir: Path, kind: str, **fields: Any) -> dict:
-    """Append a `start` or `requeue` event (rank 0 of the job only) and return the whole document."""
-    if kind not in ("start", "requeue"):
-        raise ValueError(f"unknown job event kind '{kind}' (start | requeue)")
-    doc = read_events(run_dir)
-    doc[f"{kind}s"].append({"time": time.time(), "host": socket.gethostname(), **fields})
-    atomic_write_json(Path(run_dir) / EVENTS_FILE, doc)
-    return doc
+    """Append a `start`, `requeue` or `stop` event (rank 0 of the job only) and return the whole document."""
+    return RunFolder(run_dir).record_event(kind, **fields)
 
 
 def requeue_count(run_dir: Path, submission_id: str | None = None) -> int:

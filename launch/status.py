@@ -1,4 +1,9 @@
-"""`usjepa status DIR`: one row per run in a run or sweep folder, from SLURM when reachable, else the folder."""
+"""`usjepa status DIR`: one row per run in a run or sweep folder, from SLURM when reachable, else the folder.
+
+`step` is the live step (the last row of metrics.csv), `ckpt` the step the run would resume from (status.json).
+Requeues count the launcher's own requeues and SLURM restarts (an `scontrol requeue`, a node failure), which the
+job records at every start (SLURM_RESTART_COUNT).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from launch.control import local_job_alive
 from launch.runfiles import EVENTS_FILE, LAUNCH_FILE, METRICS_FILE, STATUS_FILE, read_events, read_json
 from launch.submit import slurm_job_states
 
-COLUMNS = ["run", "job_id", "state", "step", "total", "loss", "images_per_s", "since_ckpt", "requeues", "error"]
+COLUMNS = ["run", "job_id", "state", "step", "ckpt_step", "total", "loss", "images_per_s", "since_ckpt", "requeues",
+           "error"]
 RUN_MARKERS = (STATUS_FILE, LAUNCH_FILE, EVENTS_FILE, "config.yaml")
 FAILED_SLURM = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
 
@@ -80,11 +87,46 @@ def _float(value) -> float:
         return math.nan
 
 
-def _step(status: dict, metrics: dict) -> int:
-    if status.get("step") is not None:
-        return int(status["step"])
-    step = _float(metrics.get("step"))
-    return int(step) if step == step else 0
+def _live_step(status: dict, metrics: dict) -> int:
+    """The newest step the run is known to have reached: metrics.csv's last row, else status.json's step."""
+    steps = [_float(metrics.get("step")), _float(status.get("step"))]
+    steps = [int(s) for s in steps if s == s]
+    return max(steps) if steps else 0
+
+
+def _ckpt_step(status: dict) -> float:
+    """The step of the checkpoint the run resumes from (status.json's step is written at each save and at start)."""
+    if status.get("ckpt_step") is not None:
+        return _float(status["ckpt_step"])
+    if status.get("state") in ("running", "preempted", "completed"):
+        return _float(status.get("step"))
+    return math.nan  # a failed run records the step it failed at, not its checkpoint's
+
+
+def requeue_total(run_dir: Path) -> int:
+    """Requeues of the run: per job id, the launcher's requeue events or SLURM's restart count, whichever is more."""
+    events = read_events(run_dir)
+    per_job: dict[str, int] = {}
+    for e in events["requeues"]:
+        key = str(e.get("job_id"))
+        per_job[key] = per_job.get(key, 0) + 1
+    for e in events["starts"]:
+        key = str(e.get("job_id"))
+        per_job[key] = max(per_job.get(key, 0), int(e.get("restart_count") or 0))
+    return sum(per_job.values())
+
+
+def run_state(launch: dict, status: dict, slurm: dict[str, str]) -> str:
+    """SLURM's state when it knows the job; else the folder's, corrected for a local job that is gone."""
+    job_id = str(launch.get("job_id") or "")
+    if slurm.get(job_id):
+        return slurm[job_id]
+    state = status.get("state") or ("submitted" if launch else "unknown")
+    if launch.get("cancelled") and state in ("running", "submitted", "preempted"):  # SLURM no longer knows it
+        return "cancelled"
+    if state in ("running", "submitted") and local_job_alive(launch) is False:
+        return "cancelled" if launch.get("cancelled") else "stopped"  # killed without a word (kill -9, reboot)
+    return state
 
 
 def collect_status(path: str | Path, query_slurm: bool = True, now: float | None = None) -> pd.DataFrame:
@@ -101,21 +143,21 @@ def collect_status(path: str | Path, query_slurm: bool = True, now: float | None
     slurm = slurm_job_states(slurm_ids) if (query_slurm and slurm_ids) else {}
     rows = []
     for run, launch, status in docs:
-        job_id = str(launch.get("job_id") or "")
-        state = slurm.get(job_id) or status.get("state") or ("submitted" if launch else "unknown")
+        state = run_state(launch, status, slurm)
         metrics = last_metrics(run)
         last_ckpt = status.get("last_ckpt")
-        failed = state.upper() in FAILED_SLURM or status.get("state") == "failed"
+        failed = state.upper() in FAILED_SLURM or state in ("failed", "stopped") or status.get("state") == "failed"
         rows.append({
             "run": "." if run == path else str(run.relative_to(path)),
-            "job_id": job_id,
+            "job_id": str(launch.get("job_id") or ""),
             "state": state,
-            "step": _step(status, metrics),
+            "step": _live_step(status, metrics),
+            "ckpt_step": _ckpt_step(status),
             "total": int(status.get("total_steps") or 0),
             "loss": _float(metrics.get("loss")),
             "images_per_s": _float(metrics.get("images_per_s")),
             "since_ckpt": (now - float(last_ckpt)) if last_ckpt else math.nan,
-            "requeues": len(read_events(run)["requeues"]),
+            "requeues": requeue_total(run),
             "error": last_error_line(run, status, launch) if failed else "",
         })
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -141,6 +183,7 @@ def format_status(df: pd.DataFrame) -> str:
         "run": [r.ljust(width) for r in df["run"]],  # left-aligned names read better
         "job": df["job_id"], "state": df["state"],
         "step": [f"{s}/{t}" if t else str(s) for s, t in zip(df["step"], df["total"])],
+        "ckpt": [str(int(c)) if c == c else "-" for c in df["ckpt_step"]],
         "loss": [f"{x:.4g}" if x == x else "-" for x in df["loss"]],
         "img/s": [f"{x:.1f}" if x == x else "-" for x in df["images_per_s"]],
         "since ckpt": [_age(x) for x in df["since_ckpt"]],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -19,7 +20,7 @@ from submitit.slurm.slurm import SlurmJob
 
 from launch.executor import InProcessJob, check_launch, job_name_for, make_executor, render_sbatch
 from launch.job import TrainJob
-from launch.runfiles import LAUNCH_FILE, SUBMITIT_DIR, read_json, read_yaml_file, write_launch_record
+from launch.runfiles import LAUNCH_FILE, STATUS_FILE, SUBMITIT_DIR, read_json, read_yaml_file, write_launch_record
 from usjepa.config import ConfigError, load_config, save_run_config, to_dict
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Submission:
     run_dirs: list[Path]
     jobs: list[submitit.Job] = field(default_factory=list)
     script: str | None = None
+    completed: str = ""  # set when nothing was submitted because the run had already completed (says so)
 
     @property
     def job_ids(self) -> list[str]:
@@ -88,19 +90,35 @@ def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
     if not ids:
         return {}
     states: dict[str, str] = {}
-    if shutil.which("sacct"):
-        out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)])
+    if shutil.which("sacct"):  # asked by array job: members that never started only have a '123_[2-5%1]' record
+        parents = sorted({i.split("_")[0] for i in ids})
+        out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(parents)])
         for line in (out or "").splitlines():
             parts = line.strip().split("|")
             if len(parts) >= 2 and parts[0]:
-                states[parts[0]] = parts[1].split()[0]  # "CANCELLED by 0" -> CANCELLED
+                for jid in _array_members(parts[0]):
+                    states[jid] = parts[1].split()[0]  # "CANCELLED by 0" -> CANCELLED
     if shutil.which("squeue"):  # squeue is fresher for queued jobs, and works without accounting
-        out = _run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(ids)])
+        # -r: one line per array member; without it pending members collapse into one '123_[2-5]' line
+        out = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(ids)])
         for line in (out or "").splitlines():
             parts = line.strip().split("|")
             if len(parts) == 2:
                 states[parts[0]] = parts[1]
-    return states
+    # an array none of whose members ever started may be recorded under its bare id
+    return {j: states.get(j) or states[j.split("_")[0]] for j in ids if j in states or j.split("_")[0] in states}
+
+
+def _array_members(job_id: str) -> list[str]:
+    """'123_[1-3,7%2]' -> ['123_1', '123_2', '123_3', '123_7']; any other id -> [id]."""
+    m = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", job_id)
+    if not m:
+        return [job_id]
+    out = []
+    for part in m.group(2).split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def _run(cmd: list[str]) -> str | None:
@@ -112,20 +130,47 @@ def _run(cmd: list[str]) -> str | None:
 
 
 def active_job(run_dir: Path) -> tuple[str, str] | None:
-    """(job id, state) when the run folder's last SLURM job is still queued or running."""
+    """(job id, state) when the run folder's last job is still queued or running (SLURM, or a local process)."""
     doc = read_json(Path(run_dir) / LAUNCH_FILE)
-    if not doc or doc.get("cluster") != "slurm" or not doc.get("job_id"):
+    if not doc or not doc.get("job_id"):
+        return None
+    if doc.get("cluster") in ("local", "debug"):
+        from launch.control import local_job_alive
+
+        return (str(doc["job_id"]), "RUNNING") if local_job_alive(doc) else None
+    if doc.get("cluster") != "slurm":
         return None
     state = slurm_job_states([doc["job_id"]]).get(str(doc["job_id"]))
     return (str(doc["job_id"]), state) if state in ACTIVE_SLURM_STATES else None
 
 
-def submit_run(cfg: DictConfig, cluster: str | None = None, dry_run: bool = False) -> Submission:
-    """Submit one resolved config as one job (or print what would be submitted)."""
+def completed_run(run_dir: Path, cfg: DictConfig) -> str:
+    """Why the run folder needs no job for `cfg` ('completed at step 20/20'), or '' when it does.
+
+    A pretraining run counts as completed only up to its recorded step: a config asking for more steps extends it.
+    """
+    status = read_json(Path(run_dir) / STATUS_FILE) or {}
+    if status.get("state") != "completed":
+        return ""
+    step = int(status.get("step") or 0)
+    if "train" in cfg and int(cfg.train.steps) > step:
+        return ""
+    total = status.get("total_steps")
+    return f"completed at step {step}/{total}" if total else "completed"
+
+
+def submit_run(cfg: DictConfig, cluster: str | None = None, dry_run: bool = False, force: bool = False) -> Submission:
+    """Submit one resolved config as one job (or print what would be submitted).
+
+    A run folder that already completed this config gets no job (the Submission says why) unless `force`.
+    """
     cluster = cluster or cfg.launch.cluster
     run_dir = run_folder(cfg)
     job_name = cfg.launch.job_name or job_name_for(run_dir)
     folder = run_dir / SUBMITIT_DIR
+    done = "" if force else completed_run(run_dir, cfg)
+    if done:
+        return Submission(cluster, [run_dir], completed=done)
     if dry_run:
         script = render_sbatch(cfg.launch, folder, job_name) if cluster == "slurm" else None
         return Submission(cluster, [run_dir], script=script)

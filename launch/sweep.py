@@ -35,8 +35,16 @@ from omegaconf import DictConfig
 
 from launch.executor import InProcessJob, check_launch, job_name_for, make_executor, render_sbatch
 from launch.job import TrainJob
-from launch.runfiles import STATUS_FILE, SUBMITIT_DIR, SWEEP_FILE, atomic_write_json, read_json, read_yaml_file
-from launch.submit import Submission, _record, active_job, launch_overrides
+from launch.runfiles import (
+    LAUNCH_FILE,
+    STATUS_FILE,
+    SUBMITIT_DIR,
+    SWEEP_FILE,
+    atomic_write_json,
+    read_json,
+    read_yaml_file,
+)
+from launch.submit import Submission, _record, active_job, completed_run, launch_overrides
 from usjepa.config import ConfigError, load_config, save_run_config, to_dict
 
 logger = logging.getLogger(__name__)
@@ -172,55 +180,73 @@ class SweepPlan:
     skipped: list[tuple[SweepMember, str]]  # (member, reason)
 
 
-def plan_sweep(spec: SweepSpec, cfgs: list[DictConfig]) -> SweepPlan:
-    """Which members still need a job: not completed and not already queued or running."""
+def plan_sweep(spec: SweepSpec, cfgs: list[DictConfig], failed_only: bool = False) -> SweepPlan:
+    """Which members still need a job: not completed and not already queued or running.
+
+    `failed_only` also leaves out members that were never submitted (a re-run of just the ones that ended early).
+    """
     plan = SweepPlan([], [])
     for m, cfg in zip(spec.members, cfgs):
         run_dir = Path(cfg.train.out_dir)
         status = read_json(run_dir / STATUS_FILE) or {}
         busy = active_job(run_dir)
-        if status.get("state") == "completed":
-            plan.skipped.append((m, f"completed at step {status.get('step')}"))
+        done = completed_run(run_dir, cfg)
+        if done:
+            plan.skipped.append((m, done))
         elif busy:
             plan.skipped.append((m, f"job {busy[0]} is {busy[1]}"))
+        elif failed_only and not status and not (run_dir / LAUNCH_FILE).exists():
+            plan.skipped.append((m, "never submitted (--failed-only)"))
         else:
             plan.to_submit.append((m, cfg))
     return plan
 
 
-def submit_sweep(spec: SweepSpec, cluster: str | None = None, dry_run: bool = False,
-                 extra_overrides: list[str] | tuple[str, ...] = (),
-                 launch_file: str | Path | None = None) -> tuple[Submission, SweepPlan]:
-    """Submit the sweep's unfinished members as one job array (SLURM) or a batch (local / debug)."""
-    cfgs = member_configs(spec, extra_overrides, launch_file)
-    plan = plan_sweep(spec, cfgs)
+def submit_array(cfgs: list[DictConfig], names: list[str], out_dir: Path, cluster: str | None = None,
+                 dry_run: bool = False, sweep: str = "") -> Submission:
+    """Submit resolved configs as ONE SLURM job array (a batch of local jobs; one after the other for debug).
+
+    The launch settings of the first config hold for all (the members of one array share them); each member's
+    run folder gets its config.yaml and launch.json. submitit's files go to `<out_dir>/submitit`.
+    """
     launch = cfgs[0].launch
     cluster = cluster or launch.cluster
-    job_name = launch.job_name or job_name_for(spec.out_dir)
-    folder = spec.out_dir / SUBMITIT_DIR
-    run_dirs = [Path(c.train.out_dir) for _, c in plan.to_submit]
+    job_name = launch.job_name or job_name_for(out_dir)
+    folder = Path(out_dir) / SUBMITIT_DIR
+    run_dirs = [Path(c.train.out_dir) for c in cfgs]
     if dry_run:
-        script = None
-        if cluster == "slurm" and plan.to_submit:
-            script = render_sbatch(launch, folder, job_name, array_size=len(plan.to_submit))
-        return Submission(cluster, run_dirs, script=script), plan
-    if not plan.to_submit:
-        return Submission(cluster, []), plan
+        script = render_sbatch(launch, folder, job_name, array_size=len(cfgs)) if cluster == "slurm" else None
+        return Submission(cluster, run_dirs, script=script)
     submission_id = uuid.uuid4().hex[:12]
-    fns = [TrainJob(to_dict(cfg), launch.max_requeues, submission_id) for _, cfg in plan.to_submit]
+    fns = [TrainJob(to_dict(cfg), launch.max_requeues, submission_id) for cfg in cfgs]
     check_launch(launch, cluster)
     executor = None if cluster == "debug" else make_executor(launch, folder, cluster, job_name)
-    for _, cfg in plan.to_submit:
+    for cfg in cfgs:
         save_run_config(cfg, cfg.train.out_dir)
     if executor is None:  # debug: one after the other, in this process, when their results are asked for
         jobs = [InProcessJob(fn, f"debug-{os.getpid()}-{i}") for i, fn in enumerate(fns)]
     else:
         with executor.batch():  # one sbatch --array on SLURM
             jobs = [executor.submit(fn) for fn in fns]
-    for (m, cfg), job in zip(plan.to_submit, jobs):
-        _record(Path(cfg.train.out_dir), job, cluster, submission_id, sweep=spec.name, member=m.name)
-    _write_sweep_record(spec, plan, jobs, cluster)
-    return Submission(cluster, run_dirs, jobs), plan
+    for run_dir, name, job in zip(run_dirs, names, jobs):
+        _record(run_dir, job, cluster, submission_id, **({"sweep": sweep, "member": name} if sweep else {}))
+    return Submission(cluster, run_dirs, jobs)
+
+
+def submit_sweep(spec: SweepSpec, cluster: str | None = None, dry_run: bool = False,
+                 extra_overrides: list[str] | tuple[str, ...] = (),
+                 launch_file: str | Path | None = None, failed_only: bool = False) -> tuple[Submission, SweepPlan]:
+    """Submit the sweep's unfinished members as one job array (SLURM) or a batch (local / debug)."""
+    cfgs = member_configs(spec, extra_overrides, launch_file)
+    plan = plan_sweep(spec, cfgs, failed_only)
+    cluster = cluster or cfgs[0].launch.cluster
+    if not plan.to_submit:
+        return Submission(cluster, []), plan
+    sub = submit_array([c for _, c in plan.to_submit], [m.name for m, _ in plan.to_submit], spec.out_dir, cluster,
+                       dry_run, sweep=spec.name)
+    if not dry_run:
+        _write_sweep_record(spec, plan, sub.jobs, cluster)
+    return sub, plan
 
 
 def _write_sweep_record(spec: SweepSpec, plan: SweepPlan, jobs: list, cluster: str) -> None:

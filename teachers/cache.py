@@ -52,6 +52,8 @@ def teacher_identity(teacher_cfg: Any) -> dict:
              "mean_last_k": opts.pop("mean_last_k", 1), "final_norm": opts.pop("final_norm", True),
              "options": json.loads(json.dumps(opts, sort_keys=True, default=str)),
              "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None}
+    if fam.revision > 1:  # the family's tokens changed for the same file and options (e.g. DINOv2 registers)
+        ident["family_revision"] = fam.revision
     return ident
 
 

@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 from teachers import cache as cache_cli
-from teachers.inspection import format_report, inspect_checkpoint, verify_teacher
-from usjepa.models.checkpoint_io import CheckpointError
+from teachers.inspection import detect_file_family, format_report, inspect_checkpoint, verify_teacher
+from usjepa.errors import one_line
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -62,11 +62,12 @@ def run_from_args(args: argparse.Namespace) -> int:
             if not family:
                 if args.checkpoint is None:
                     raise ValueError("verify needs --family (or a checkpoint to detect it from)")
-                family = inspect_checkpoint(args.checkpoint)["family"]
+                family = detect_file_family(args.checkpoint)[0]
             info = verify_teacher(family, args.checkpoint, tuple(args.img_size or ()), args.batch, **options)
             ok = info["finite"]
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except ValueError as e:  # a family, option or size the user named wrongly (CheckpointError, missing files and
+        # other expected failures reach the `usjepa` entry point, which prints them as one `error:` line too)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     print(json.dumps(info, indent=2) if args.json else format_report(info))
     return 0 if ok else 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class TeacherConfig:
-    family: str = ""  # usjepa | timm | mae | urfm | dinov2 | ijepa | usfm | random
+    family: str = ""  # usjepa | timm | vit | mae | urfm | dinov2 | ijepa | usfm | random
     checkpoint: str = ""
     arch: str = ""  # architecture name where the family needs one (timm model name, vit_base, ...)
     patch_size: int = 0  # 0 = the family's default

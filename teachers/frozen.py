@@ -71,12 +71,24 @@ def _stats(values: Sequence[float], channels: int) -> Tensor:
     return t.expand(channels).clone().view(1, channels, 1, 1)
 
 
+def describe_norm(norm: str, mean: Sequence[float], std: Sequence[float], source: str = "") -> str:
+    """Which input statistics a teacher uses and where they came from (for the log and `teacher inspect`)."""
+    if norm == "zscore":
+        return "zscore: each image's own mean and std over all pixels and channels"
+    if norm == "none":
+        return "none: images enter in [0, 1]"
+    stats = f"mean {tuple(round(float(v), 6) for v in mean)}, std {tuple(round(float(v), 6) for v in std)}"
+    where = source or ("the model" if norm == "model" else f"the '{norm}' preset")
+    return f"{norm}: {stats} from {where}"
+
+
 class FrozenTeacher(nn.Module):
     """A teacher encoder: `forward(images) -> [B, N, D]` patch tokens on its own patch grid; never trains."""
 
     def __init__(self, backbone: Backbone, *, family: str, norm: str, layer: int = -1, mean_last_k: int = 1,
                  final_norm: bool = True, grid_resample: str = "auto", norm_stats: tuple | None = None,
-                 identity: dict | None = None, precision: str = "auto"):
+                 identity: dict | None = None, precision: str = "auto", norm_source: str = "",
+                 arch_facts: object | None = None):
         super().__init__()
         self.backbone = backbone
         self.family = family
@@ -111,6 +123,8 @@ class FrozenTeacher(nn.Module):
         else:
             raise ValueError(f"unknown normalisation preset '{norm}'; use one of {', '.join(PRESETS)}"
                              f"{' or model' if norm_stats is not None else ''}")
+        self.norm_description = describe_norm(norm, mean, std, norm_source)
+        self.arch_facts = arch_facts
         self.register_buffer("input_mean", _stats(mean, self.in_chans), persistent=False)
         self.register_buffer("input_std", _stats(std, self.in_chans), persistent=False)
         self.identity = dict(identity or {}, family=family, norm=norm, layer=self.layer, mean_last_k=self.mean_last_k,
@@ -210,7 +224,7 @@ class FrozenTeacher(nn.Module):
     def describe(self) -> dict:
         """Architecture and settings, for `usjepa teacher inspect` and logs."""
         return dict(self.backbone.describe(), family=self.family, norm=self.norm, layer=self.layer,
-                    mean_last_k=self.mean_last_k, final_norm=self.final_norm)
+                    mean_last_k=self.mean_last_k, final_norm=self.final_norm, normalisation=self.norm_description)
 
     def extra_repr(self) -> str:
         return (f"family={self.family}, embed_dim={self.embed_dim}, patch_size={self.patch_size}, norm={self.norm}, "

@@ -15,6 +15,7 @@ from teachers.registry import Built, register
 from teachers.vit_state import bicubic_resample, build_timm_vit, read_state
 
 IJEPA_UNWRAP = ("target_encoder", "encoder", "model", "state_dict")
+IJEPA_HEADS = {1280: (16, "I-JEPA ViT-H"), 1408: (16, "I-JEPA ViT-g/16")}
 
 
 @register("ijepa", default_norm="imagenet", drop=(),
@@ -25,4 +26,4 @@ def build_ijepa(checkpoint: str, *, strict: bool = True, arch: str = "", embed_d
     state, report = read_state(checkpoint, unwrap_keys=IJEPA_UNWRAP, which=which, prefixes=tuple(prefixes) or PREFIXES)
     return build_timm_vit(state, report, family="ijepa", drop=tuple(drop), strict=strict, resample=bicubic_resample,
                           arch=arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_size=patch_size,
-                          native_grid=native_grid)
+                          native_grid=native_grid, family_heads=IJEPA_HEADS)

@@ -11,18 +11,15 @@ from typing import Any
 
 import torch
 
-from teachers.loading import PREFIXES, WRAPPER_KEYS, is_state_dict, read_checkpoint, strip_prefixes, unwrap
+from teachers.files import is_safetensors, read_checkpoint, safetensors_header
+from teachers.frozen import PRESETS, describe_norm
+from teachers.loading import PREFIXES, WRAPPER_KEYS, is_state_dict, strip_prefixes, unwrap
 from teachers.registry import build, get_family, load
 from usjepa.models.checkpoint_io import CheckpointError
 
 
 def _is_usjepa_export(path: Path) -> bool:
-    if path.suffix != ".safetensors":
-        return False
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return (f.metadata() or {}).get("format") == "usjepa-encoder"
+    return is_safetensors(path) and safetensors_header(path)[0].get("format") == "usjepa-encoder"
 
 
 def detect_family(obj: Any, path: str | Path = "") -> tuple[str, str]:
@@ -40,6 +37,9 @@ def detect_family(obj: Any, path: str | Path = "") -> tuple[str, str]:
         state, _ = unwrap(obj, WRAPPER_KEYS, "checkpoint")
     except CheckpointError:
         return "timm", "no state dict found under the usual wrapper keys"
+    if any(k.startswith(("teacher.backbone.", "student.backbone.")) for k in state) or (
+            any(k.startswith("backbone.") for k in state) and any(k.startswith("dino_head.") for k in state)):
+        return "dinov2", "DINOv2 training checkpoint (backbone.* beside dino_head.*)"
     state, _ = strip_prefixes(state, PREFIXES, "checkpoint")
     keys = set(state)
     beit = any(k.endswith((".attn.q_bias", ".gamma_1")) for k in keys)
@@ -52,6 +52,9 @@ def detect_family(obj: Any, path: str | Path = "") -> tuple[str, str]:
         return "mae", "MAE pretraining keys (decoder_* / mask_token)"
     if "pos_embed" in keys and "cls_token" not in keys and "blocks.0.attn.qkv.weight" in keys:
         return "ijepa", "ViT keys without a CLS token (I-JEPA encoder)"
+    plain_vit = {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight"} <= keys and "pos_embed" in keys
+    if plain_vit and ("head.weight" in keys or "fc_norm.weight" in keys):
+        return "vit", "timm-named ViT keys with a classifier head / fc_norm (TinyUSFM, DeiT, a fine-tuned ViT)"
     if "head.weight" in keys or "fc_norm.weight" in keys:
         return "timm", "classifier head / fc_norm (a timm or fine-tuned model); pass --arch with the timm model name"
     if {"cls_token", "pos_embed", "blocks.0.attn.qkv.weight"} <= keys:
@@ -59,27 +62,50 @@ def detect_family(obj: Any, path: str | Path = "") -> tuple[str, str]:
     return "timm", "no family-specific keys; pass --family and --arch"
 
 
+def detect_file_family(path: str | Path) -> tuple[str, str]:
+    """(family, the evidence) for a checkpoint file, reading only what detection needs."""
+    return detect_family(read_checkpoint(path, mmap=True), path)
+
+
+def normalisation(built, family: str, preset: str) -> str:
+    """What `preset` does for a built teacher: its statistics and where they come from."""
+    if preset == "model":
+        if built.norm_stats is None:
+            return f"model: the '{family}' family provides no statistics of its own; choose a preset"
+        return describe_norm("model", *built.norm_stats, built.norm_source)
+    if preset not in PRESETS:
+        return f"{preset}: unknown preset; use one of {', '.join(PRESETS)}"
+    mean, std = PRESETS[preset] or ((0.0,), (1.0,))
+    return describe_norm(preset, mean, std)
+
+
 def inspect_checkpoint(path: str, family: str = "", **options: Any) -> dict:
-    """Everything a user needs to decide how to load `path`; key problems are reported, not raised."""
+    """Everything a user needs to decide how to load `path`; key problems are reported, not raised.
+
+    The architecture facts say which were declared and which inferred (and from what); a guessed head
+    count that known models disagree on comes with a warning saying how to set `num_heads`.
+    """
     p = Path(path)
-    raw = read_checkpoint(p)
+    raw = read_checkpoint(p, mmap=True)
     reason = "given"
     if not family:
         family, reason = detect_family(raw, p)
     fam = get_family(family)
+    preset = options.get("norm") or fam.default_norm
     info: dict[str, Any] = {"checkpoint": str(p), "size_mb": round(p.stat().st_size / 2**20, 2), "family": family,
-                            "detected_by": reason, "preset": options.get("norm") or fam.default_norm,
+                            "detected_by": reason, "preset": preset,
                             "top_level": sorted(map(str, raw))[:20] if isinstance(raw, dict) else type(raw).__name__}
     del raw
     try:
         _, built = build(family, str(p), strict=False, **options)
-    except (CheckpointError, ValueError, TypeError, RuntimeError) as e:
+    except (CheckpointError, ValueError) as e:  # `build` raises only these for a bad file or option
         info.update(loads=False, error=str(e))
         return info
     desc = built.backbone.describe()
     info.update(arch=built.arch, params=desc["params"], embed_dim=desc["embed_dim"], patch_size=desc["patch_size"],
                 depth=desc["depth"], in_chans=desc["in_chans"], native_grid=desc["native_grid"],
-                prefix_tokens=desc["prefix_tokens"])
+                prefix_tokens=desc["prefix_tokens"], architecture=built.facts.as_dict(),
+                normalisation=normalisation(built, family, preset), warnings=list(built.warnings))
     if built.report is not None:
         info.update(built.report.as_dict())
         info["loads"] = built.report.ok
@@ -109,7 +135,10 @@ def verify_teacher(family: str, checkpoint: str | None = None, img_size: Sequenc
     sv = torch.linalg.svdvals(flat - flat.mean(0))
     p = sv / sv.sum().clamp_min(1e-12)
     eff_rank = float(torch.exp(-(p * (p + 1e-12).log()).sum()))
+    facts = t.arch_facts
     return {"family": family, "arch": t.identity.get("arch"), "img_size": list(img_size),
+            "architecture": facts.as_dict() if facts is not None else {},
+            "normalisation": t.norm_description, "warnings": list(facts.warnings) if facts is not None else [],
             "tokens_shape": list(tokens.shape), "grid": list(t.grid(img_size)), "finite": bool(finite.all()),
             "mean": float(flat.mean()), "std": float(flat.std()), "min": float(flat.min()), "max": float(flat.max()),
             "token_norm": float(flat.norm(dim=1).mean()), "feature_std": float(flat.std(0).mean()),
@@ -118,9 +147,20 @@ def verify_teacher(family: str, checkpoint: str | None = None, img_size: Sequenc
 
 
 def format_report(info: dict) -> str:
-    """Aligned `key: value` lines; long key lists are shortened."""
+    """Aligned `key: value` lines; architecture facts one per line with their origin; long key lists shortened."""
     lines = []
     for k, v in info.items():
+        if k == "architecture" and isinstance(v, dict):
+            lines.append(f"{'architecture':>18}: (declared = set by an option, preset or the file's config; "
+                         "inferred = read from tensor shapes or looked up)")
+            for name, fact in v.items():
+                value = fact["value"]
+                value = "x".join(map(str, value)) if isinstance(value, list) else value
+                lines.append(f"{name:>18}: {value}  [{fact['origin']}: {fact['evidence']}]")
+            continue
+        if k == "warnings":
+            lines += [f"{'WARNING':>18}: {w}" for w in v]
+            continue
         if isinstance(v, list) and len(v) > 12:
             v = v[:12] + [f"... (+{len(v) - 12})"]
         if isinstance(v, float) and math.isfinite(v):

@@ -8,12 +8,11 @@ unexpected or mis-shaped key is reported by name.
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import hashlib
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,23 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from usjepa.models.checkpoint_io import CheckpointError, safe_load
+from usjepa.models.checkpoint_io import CheckpointError
 
 # Where state dicts hide inside training checkpoints, tried in this order (families reorder them).
 WRAPPER_KEYS: tuple[str, ...] = ("model", "state_dict", "module", "teacher", "target_encoder", "encoder", "weights")
 # Prefixes that wrappers (DDP, torch.compile, detection/MIM frameworks) put in front of every key.
 PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.", "backbone.", "model.", "encoder.")
-
-
-# Plain-data classes that training scripts store beside the weights (MAE / UltraFedFM save `args`, an
-# argparse.Namespace). Rebuilding one only sets attributes, so the weights-only unpickler may allow it.
-SAFE_EXTRA_GLOBALS = (argparse.Namespace,)
-
-
-def read_checkpoint(path: str | Path) -> Any:
-    """The raw checkpoint object, via `torch.load(weights_only=True)` or safetensors (never arbitrary pickles)."""
-    with torch.serialization.safe_globals(list(SAFE_EXTRA_GLOBALS)):
-        return safe_load(path)
 
 
 def is_state_dict(obj: Any) -> bool:
@@ -186,21 +174,50 @@ class KeyReport:
                 "dropped": self.dropped, "prefixes_stripped": self.prefixes, "wrappers": self.wrappers}
 
 
-def load_weights(model: nn.Module, state: dict[str, Tensor], *, drop: Sequence[str], source: str, family: str,
-                 strict: bool = True, report: KeyReport | None = None) -> KeyReport:
-    """Drop allowed keys, compare the rest with `model.state_dict()` and load only when everything matches.
-
-    With `strict=False` a bad match is returned in the report (for inspection) and nothing is loaded.
-    """
-    report = report or KeyReport(source)
+def compare_keys(own: dict[str, Tensor], state: dict[str, Tensor], *, drop: Sequence[str],
+                 report: KeyReport) -> dict[str, Tensor]:
+    """Drop allowed keys and record every missing, unexpected and mis-shaped key; returns what is left to load."""
     state, dropped = drop_keys(state, drop)
     report.dropped = dropped
-    own = model.state_dict()
     report.model_keys, report.file_keys = list(own), list(state)
     report.missing = [k for k in own if k not in state]
     report.unexpected = [k for k in state if k not in own]
     report.mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                          for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    return state
+
+
+def build_and_load(make: Callable[[], nn.Module], state: dict[str, Tensor], *, drop: Sequence[str], source: str,
+                   family: str, strict: bool = True, report: KeyReport | None = None) -> tuple[nn.Module, KeyReport]:
+    """Build `make()` and load `state` into it, checking every shape before any memory is allocated.
+
+    The network is first built on the meta device (shapes only), so a file whose keys or shapes do not
+    match, or whose metadata claims a network far larger than its tensors, is refused without allocating
+    it. Only a file that matches is built for real and loaded; then the network is no larger than the
+    file's own tensors. With `strict=False` a bad match returns the meta shell and the report (inspection).
+    """
+    report = report or KeyReport(source)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # initialisers warn about zero-element tensors a crafted file can declare
+        shell = make()
+    state = compare_keys(shell.state_dict(), state, drop=drop, report=report)
+    if not report.ok:
+        if strict:
+            raise report.error(family, drop)
+        return shell, report
+    del shell
+    model = make()
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+    return model, report
+
+
+def load_weights(model: nn.Module, state: dict[str, Tensor], *, drop: Sequence[str], source: str, family: str,
+                 strict: bool = True, report: KeyReport | None = None) -> KeyReport:
+    """Load `state` into an already built `model` when every key and shape matches (else report / raise)."""
+    report = report or KeyReport(source)
+    own = model.state_dict()
+    state = compare_keys(own, state, drop=drop, report=report)
     if not report.ok:
         if strict:
             raise report.error(family, drop)
@@ -216,70 +233,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------- architecture inference
-
-# Head counts of the standard widths (ViT-Ti/S/B/L/H, I-JEPA g, DINOv2 g); other widths need `num_heads`.
-HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1536: 24}
-ARCH_PRESETS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12),
-                "vit_large": (1024, 24, 16), "vit_huge": (1280, 32, 16), "vit_giant": (1408, 40, 16),
-                "vit_giant2": (1536, 40, 24)}
-
-
-def block_count(state: dict[str, Tensor], prefix: str = "blocks.") -> int:
-    """1 + the highest block index among keys `blocks.<i>.*` (a gap shows up later as missing keys)."""
-    idx = [int(k[len(prefix):].split(".", 1)[0]) for k in state
-           if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0].isdigit()]
-    return max(idx) + 1 if idx else 0
-
-
-def resolve_dims(state: dict[str, Tensor], source: str, arch: str = "", embed_dim: int = 0, depth: int = 0,
-                 num_heads: int = 0) -> tuple[int, int, int]:
-    """(embed_dim, depth, num_heads): named arch preset, explicit overrides, else read from the weights."""
-    if arch:
-        if arch not in ARCH_PRESETS:
-            raise CheckpointError(f"unknown arch '{arch}' for {source}; use one of {', '.join(ARCH_PRESETS)} "
-                                  "or leave it empty to read the architecture from the weights")
-        d, n, h = ARCH_PRESETS[arch]
-        embed_dim, depth, num_heads = embed_dim or d, depth or n, num_heads or h
-    w = state.get("patch_embed.proj.weight")
-    if not embed_dim:
-        if w is None:
-            raise CheckpointError(f"{source} has no 'patch_embed.proj.weight'; cannot read the width. Is this the "
-                                  "right family? (`usjepa teacher inspect FILE`)")
-        embed_dim = int(w.shape[0])
-    depth = depth or block_count(state)
-    if not depth:
-        raise CheckpointError(f"{source} has no 'blocks.<i>.*' keys; is this the right family?")
-    if not num_heads:
-        if embed_dim not in HEADS_BY_WIDTH:
-            raise CheckpointError(f"{source}: width {embed_dim} is not a standard ViT width, so the number of "
-                                  "attention heads cannot be inferred; set the `num_heads` option")
-        num_heads = HEADS_BY_WIDTH[embed_dim]
-    return embed_dim, depth, num_heads
-
-
-def patch_geometry(state: dict[str, Tensor], source: str, patch_size: int = 0) -> tuple[int, int]:
-    """(patch size, input channels) from the patch-embedding kernel; a requested patch size must agree."""
-    w = state.get("patch_embed.proj.weight")
-    if w is None or w.ndim != 4:
-        raise CheckpointError(f"{source} has no 4-D 'patch_embed.proj.weight'; is this the right family?")
-    if w.shape[-1] != w.shape[-2]:
-        raise CheckpointError(f"{source}: non-square patches {tuple(w.shape[-2:])} are not supported")
-    p = int(w.shape[-1])
-    if patch_size and patch_size != p:
-        raise CheckpointError(f"{source} has patch size {p} (patch_embed.proj.weight {tuple(w.shape)}) but "
-                              f"patch_size={patch_size} was asked for; drop the setting or fix it")
-    return p, int(w.shape[1])
-
-
-def square_grid(n_tokens: int, source: str, what: str = "pos_embed") -> tuple[int, int]:
-    s = math.isqrt(n_tokens)
-    if s * s != n_tokens:
-        raise CheckpointError(f"{source}: {what} holds {n_tokens} patch positions, not a square grid; set the "
-                              "`native_grid` option to its [H, W]")
-    return s, s
 
 
 # ----------------------------------------------------------------------------- resampling

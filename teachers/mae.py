@@ -14,13 +14,17 @@ from teachers.registry import Built, register
 from teachers.vit_state import bicubic_resample, build_timm_vit, read_state
 
 MAE_DROP = ("mask_token", "decoder_*", "decoder.*")
+# head counts of the published MAE-style encoders at their widths (MAE, USF-MAE, UltraFedFM, URFM)
+MAE_HEADS = {768: (12, "MAE-style ViT-B/16 (MAE, USF-MAE, UltraFedFM, URFM)"), 1024: (16, "MAE-style ViT-L/16"),
+             1280: (16, "MAE ViT-H/14")}
 
 
 def build_mae_style(checkpoint: str, *, family: str, drop: Sequence[str], unwrap_keys: Sequence[str], strict: bool,
                     which: str, prefixes: Sequence[str], **arch) -> Built:
     """Shared by `mae` and `urfm`: unwrap, strip, then a strict timm ViT with the MAE position convention."""
     state, report = read_state(checkpoint, unwrap_keys=unwrap_keys, which=which, prefixes=tuple(prefixes) or PREFIXES)
-    return build_timm_vit(state, report, family=family, drop=drop, strict=strict, resample=bicubic_resample, **arch)
+    return build_timm_vit(state, report, family=family, drop=drop, strict=strict, resample=bicubic_resample,
+                          family_heads=MAE_HEADS, **arch)
 
 
 @register("mae", default_norm="imagenet", drop=MAE_DROP,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from teachers.arch import ArchFacts
 from teachers.backbones import UsjepaBackbone
 from teachers.registry import Built, register
 from teachers.usjepa_family import encoder_stats
@@ -27,4 +28,13 @@ def build_random(checkpoint: str | None, *, strict: bool = True, arch: str = "vi
                         img_size=tuple(img_size), patch_size=patch_size or 16, in_chans=in_chans, cls_token=cls_token,
                         norm_mean=tuple(norm_mean), norm_std=tuple(norm_std))
     desc = f"random vit d{vit.embed_dim} x{vit.depth} h{vit.num_heads} p{vit.patch_size} seed{seed}"
-    return Built(UsjepaBackbone(vit.eval()), arch=desc, norm_stats=encoder_stats(vit), identity={"seed": int(seed)})
+    facts = ArchFacts()
+    for name, value, option in (("width", vit.embed_dim, embed_dim), ("depth", vit.depth, depth),
+                                ("heads", vit.num_heads, num_heads)):
+        facts.declare(name, value, f"{name if name != 'width' else 'embed_dim'} option" if option else f"arch={arch}")
+    facts.declare("patch", vit.patch_size, "patch_size option")
+    facts.declare("in_chans", vit.in_chans, "in_chans option")
+    facts.declare("cls_token", bool(cls_token), "cls_token option")
+    facts.declare("pos_grid", list(vit.grid(vit.img_size)), f"img_size option {list(img_size)}; sin-cos at any grid")
+    return Built(UsjepaBackbone(vit.eval()), arch=desc, norm_stats=encoder_stats(vit), identity={"seed": int(seed)},
+                 norm_source="the random encoder's norm_mean / norm_std options", facts=facts)

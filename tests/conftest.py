@@ -28,3 +28,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def sim_root(tmp_path_factory) -> str:
+    """One small simulated dataset shared by the trainer tests (generated on first use)."""
+    return str(tmp_path_factory.mktemp("sim") / "lesion96")

@@ -63,7 +63,7 @@ def test_region_comes_from_the_simulator_masks(cache):
     assert it["image"][0][~it["region"]].max() == 0.0 and it["image"][0][it["region"]].mean() > 0.2
 
 
-@pytest.mark.parametrize("preprocess", ["fan", "usjepa"])
+@pytest.mark.parametrize("preprocess", ["fan", "usrc"])
 def test_fan_preprocessing_crops_to_the_fan_and_clears_overlays(cache, preprocess):
     cfg = DataConfig(preprocess=preprocess, region="estimate", sim_dress=1.0, **SMALL)
     ds = build_dataset(cfg, None, (64, 64), augment=True)
@@ -72,10 +72,32 @@ def test_fan_preprocessing_crops_to_the_fan_and_clears_overlays(cache, preproces
         reg, img = it["region"].numpy(), it["image"][0].numpy()
         assert img[~reg].max() == 0.0
         assert reg.mean() > 0.5  # cropped to the fan's box: the fan fills most of the view
-    if preprocess == "usjepa":
+    if preprocess == "usrc":
         it = ds[0]
         vals = it["image"][0][it["region"]]
         assert float(vals.max()) > 0.9 and float((vals > 0.95).float().mean()) < 0.1  # (resizing smooths the top)
+
+
+def test_plain_usjepa_preprocessing_keeps_the_whole_frame(cache):
+    """US-JEPA (not USrc): nothing outside the fan is cleared or cropped; the fan only sets the 2-98 percentiles."""
+    from usjepa.data.preprocess import percentile_rescale, remove_overlays, to_gray
+    from usjepa.data.sources import decode
+
+    cfg = DataConfig(preprocess="usjepa", region="given", sim_dress=1.0, resize="squash", **SMALL)
+    ds = build_dataset(cfg, None, (96, 96), augment=False)
+    i = int(np.argmax(ds.table["dressed"].to_numpy()))
+    it = ds[i]
+    assert bool(it["region"].all())  # no region travels on: crops and flips use the whole frame
+    fan = np.asarray(Image.open(ds.table["mask_path"][i])) > 0
+    raw = decode(ds.paths[i], ds._kinds[i], int(ds._frames[i]), max_side=192)
+    assert to_gray(raw)[~fan].max() > 0.3  # burned-in text / ruler outside the fan ...
+    want = percentile_rescale(remove_overlays(raw, None), fan, keep_outside=True)
+    assert want[~fan].max() > 0.3  # ... survives the preprocessing
+    got = it["image"][0].numpy()
+    ref = np.asarray(Image.fromarray(want).resize((96, 96), Image.BILINEAR))
+    assert np.abs(got - np.clip(ref, 0, 1)).mean() < 0.02
+    inside = want[fan]
+    assert np.quantile(inside, 0.02) < 0.02 and np.quantile(inside, 0.98) > 0.98
 
 
 def test_generates_into_an_empty_root_and_reads_an_existing_one(tmp_path, cache):

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,8 +17,12 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from usjepa.data.bmode import Acquisition, make_layout, render, scan_convert, scan_coordinates, simulate_polar
+from usjepa.data.errors import DataError
 from usjepa.data.phantom import Ellipse, Lesion, Phantom, Probe, sample_lesion, sample_probe
+from usjepa.data.pool import starmap_bounded
 from usjepa.data.simulate import add_arguments, run_from_args, simulate_dataset, simulate_frame
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CURVED = Probe("curvilinear", depth_mm=120, angle_deg=70, apex_mm=30, f0_mhz=3.5, focus_mm=45, aperture_mm=20,
                psf_scale=1.5)
@@ -155,7 +165,8 @@ def test_cli_writes_a_labelled_dataset(tmp_path):
     df = pd.read_csv(tmp_path / "d" / "manifest.csv")
     assert len(df) == 8 and set(df["label_name"]) <= {"liver", "kidney", "muscle", "breast"}
     assert (df["label"] == df["organ"].map({"liver": 0, "kidney": 1, "muscle": 2, "breast": 3})).all()
-    assert run_from_args(args) == 2  # never overwrites an existing dataset
+    with pytest.raises(FileExistsError, match="manifest.csv already exists"):  # never overwrites a dataset
+        run_from_args(args)
 
 
 def test_simulate_frame_dressing_stays_outside_fan_except_calipers():
@@ -209,3 +220,51 @@ def test_parallel_simulation_writes_the_same_pixels(tmp_path):
     pd.testing.assert_frame_equal(da, db)
     for p in da["path"]:
         assert np.array_equal(np.asarray(Image.open(a.parent / p)), np.asarray(Image.open(b.parent / p))), p
+
+
+# A job process as submitit / SLURM leave it: SIGTERM ignored, or trapped by a handler that only raises a flag.
+_SIGTERM_PARENT = """
+import signal, sys
+if sys.argv[2] == "ignore":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, lambda *a: None)
+from usjepa.data.simulate import simulate_dataset
+simulate_dataset(sys.argv[1], 6, "lesion", seed=2, size=64, frames_per_patient=2, workers=3)
+"""
+
+
+@pytest.mark.slow
+def test_parallel_simulation_never_hangs_under_a_parent_that_ignores_sigterm(tmp_path):
+    """Forked workers of such a parent used to survive Pool.terminate() and hang the job for good (5 of 8 tries)."""
+    serial = simulate_dataset(tmp_path / "serial", 6, "lesion", seed=2, size=64, frames_per_patient=2, workers=1)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    for i, mode in enumerate(("ignore", "trap", "ignore", "trap")):
+        out = tmp_path / f"run{i}"
+        proc = subprocess.Popen([sys.executable, "-c", _SIGTERM_PARENT, str(out), mode], env=env,
+                                start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            log, _ = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # SIGTERM would be ignored, like in the job
+            proc.communicate()
+            pytest.fail(f"try {i} ({mode}): parallel simulation hung under a SIGTERM-{mode} parent")
+        assert proc.returncode == 0, log
+        a, b = pd.read_csv(serial), pd.read_csv(out / "manifest.csv")
+        pd.testing.assert_frame_equal(a, b)
+        for p in a["path"]:
+            assert np.array_equal(np.asarray(Image.open(serial.parent / p)), np.asarray(Image.open(out / p))), p
+
+
+def _stuck(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_stalled_worker_pool_errors_instead_of_hanging():
+    start = time.monotonic()
+    with pytest.raises(DataError, match="no result for 2 s after 1 of 3 tasks"):
+        starmap_bounded(_stuck, [(0.0,), (300.0,), (0.0,)], workers=1, stall_s=2.0, what="test pool")
+    assert time.monotonic() - start < 60  # the stuck worker was killed, not waited for
+    assert starmap_bounded(_stuck, [(0.0,), (0.01,)], workers=2) == [0.0, 0.01]  # results in order

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from usjepa.data import DataConfig, DataError, build_dataset, collate_skip_bad
+from usjepa.data.errors import BadItem
 from usjepa.data.sources import decode, read_ultrabench, scan_folder
 
 
@@ -190,3 +192,69 @@ def test_ultrabench_layout_with_scan_masks(tmp_path):
     item = ds[0]
     want = np.asarray(Image.open(root / "masks" / "scan" / "im4.png")) > 0
     assert np.array_equal(item["region"].numpy(), want)
+
+
+def test_an_unlabelled_folder_is_used_whole_and_a_labelled_one_is_split_by_patient(tmp_path, caplog):
+    for i in range(10):
+        Image.fromarray(np.roll(_ramp(), i, axis=1)).save(tmp_path / f"scan{i}.png")
+    cfg = DataConfig(source="folder", root=str(tmp_path), region="none")
+    with caplog.at_level(logging.INFO, logger="usjepa.data.build"):
+        assert len(build_dataset(cfg, "train", (16, 16), augment=False)) == 10  # was 7: 70/15/15 of nothing
+    assert "10 unlabelled items, all in 'train'" in caplog.text
+    with pytest.raises(DataError, match="split 'val' .* is empty"):
+        build_dataset(cfg, "val", (16, 16), augment=False)
+    labelled = tmp_path / "labelled"
+    for k, cls in enumerate(("benign", "malignant")):
+        (labelled / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(np.roll(_ramp(), 3 * i + k, axis=0)).save(labelled / cls / f"{cls}{i}.png")
+    cfg = DataConfig(source="folder", root=str(labelled), task="folder", region="none")
+    sizes = {s: len(build_dataset(cfg, s, (16, 16), augment=False)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 14, "val": 3, "test": 3}  # labelled: probes need val and test
+
+
+def _set_frames(path, n: int) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = n
+    ds.save_as(path)
+
+
+def test_dicom_frame_count_is_checked_against_the_pixel_data(tmp_path, caplog):
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    frames = np.stack([np.roll(_ramp(), 5 * k, axis=1) for k in range(4)])
+    _write_dicom(tmp_path / "short.dcm", frames)
+    _set_frames(tmp_path / "short.dcm", 10)  # the header promises 10 frames; the pixel data holds 4
+    _write_dicom(tmp_path / "rle.dcm", frames)  # the same lie in an encapsulated (compressed) file
+    ds = pydicom.dcmread(tmp_path / "rle.dcm")
+    ds.compress(RLELossless)
+    ds.NumberOfFrames = 7
+    ds.save_as(tmp_path / "rle.dcm")
+    with caplog.at_level(logging.WARNING, logger="usjepa.data.sources"):
+        df = scan_folder(str(tmp_path), {"dicom"})
+    for name, declared in (("short.dcm", 10), ("rle.dcm", 7)):
+        rows = df[df["path"].str.endswith(name)]
+        assert rows["frame"].tolist() == [0, 1, 2, 3, 4]  # the 4 real frames + one row that reports the rest
+        assert f"header declares {declared} frames (NumberOfFrames) but the pixel data holds 4" in caplog.text
+        assert np.allclose(decode(str(tmp_path / name), "dicom", 3), frames[3] / 255.0, atol=1e-4)
+        with pytest.raises(BadItem, match=f"frame 4 out of range: the header declares {declared} frames"):
+            decode(str(tmp_path / name), "dicom", 4)
+    dset = build_dataset(DataConfig(source="dicom", root=str(tmp_path), region="none", bad_item_threshold=0.5),
+                         None, (16, 16), augment=False)
+    assert sum(dset[i] is None for i in range(len(dset))) == 2
+    assert sorted(r["reason"] for r in dset.bad_report()) == ["frame out of range"] * 2  # once per file
+
+
+def test_dicom_without_a_readable_patient_id_is_counted_and_logged(tmp_path, caplog):
+    _write_dicom(tmp_path / "a.dcm", _ramp()[None], patient="PAT1")
+    _write_dicom(tmp_path / "b.dcm", _ramp()[None], patient="  ")  # blank
+    (tmp_path / "c.dcm").write_bytes(b"\x00" * 10)  # unreadable header
+    with caplog.at_level(logging.WARNING, logger="usjepa.data.sources"):
+        df = scan_folder(str(tmp_path), {"dicom"})
+    assert "2 of 3 DICOM files have no usable PatientID" in caplog.text
+    assert "b.dcm (no PatientID)" in caplog.text and "c.dcm (unreadable header" in caplog.text
+    pid = dict(zip(df["path"].str.rsplit("/", n=1).str[-1], df["patient_id"]))
+    assert pid == {"a.dcm": "PAT1", "b.dcm": "b", "c.dcm": "c"}

@@ -45,7 +45,7 @@ def test_flip_is_a_mirror_of_the_same_crop(frame):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("policy", ["default", "trivial"])
+@pytest.mark.parametrize("policy", ["default", "usjepa", "trivial"])
 def test_photometric_stays_in_range_and_in_the_region(frame, policy):
     img, mask = frame
     changed = 0
@@ -56,6 +56,24 @@ def test_photometric_stays_in_range_and_in_the_region(frame, policy):
         assert np.array_equal(out, photometric(img, mask, np.random.default_rng(seed), policy))
         changed += not np.allclose(out, img)
     assert changed >= 6
+
+
+def test_usjepa_policy_keeps_the_in_region_mean_and_none_changes_nothing(frame):
+    """The paper's list (contrast around the mean, blur, speckle) shifts no brightness; gain / gamma would."""
+    img, mask = frame
+    shifts = [abs(float(photometric(img, mask, np.random.default_rng(s), "usjepa")[mask].mean() - img[mask].mean()))
+              for s in range(12)]
+    assert max(shifts) < 0.02
+    assert np.array_equal(photometric(img, mask, np.random.default_rng(0), "none"), img)
+
+
+def test_crop_aspect_follows_the_configured_ratio():
+    region = np.ones((200, 200), bool)
+    rng = np.random.default_rng(0)
+    for ratio in ((0.75, 1.35), (1.0, 1.0)):
+        for _ in range(40):
+            x0, y0, x1, y1 = sample_crop(rng, region, (0.3, 1.0), ratio)
+            assert ratio[0] - 1e-6 <= (x1 - x0) / (y1 - y0) <= ratio[1] + 1e-6
 
 
 @pytest.mark.parametrize("op", TRIVIAL_OPS, ids=lambda f: f.__name__)

@@ -131,3 +131,97 @@ def test_no_env_is_single_process_and_init_is_a_no_op() -> None:
     assert env == DistEnv() and env.is_main
     init_distributed(env)
     assert not (dist.is_available() and dist.is_initialized())
+
+
+# ----------------------------------------------------------------------------- collectives
+
+STAND_IN = "usjepa_cuda_only"  # gloo registered for CUDA tensors only: NCCL's rule, on a machine without a GPU
+
+
+def _register_stand_in() -> None:
+    import torch.distributed as dist
+
+    if STAND_IN.upper() in dist.Backend.backend_list or STAND_IN in dist.Backend.backend_list:
+        return
+    dist.Backend.register_backend(STAND_IN, lambda store, rank, size, timeout: dist.ProcessGroupGloo(
+        store, rank, size, timeout), devices=["cuda"])
+
+
+def test_a_gpu_node_process_group_also_serves_the_cpu_tensors_of_the_stop_check(monkeypatch) -> None:
+    """On a GPU node an NCCL-only group rejects the CPU flag of the stop check ("No backend type associated with
+    device type cpu"): every multi-GPU run would die on its first step. The group must also serve CPU tensors."""
+    import torch
+    import torch.distributed as dist
+
+    from usjepa.train.collectives import Collectives
+
+    captured: dict = {}
+    with monkeypatch.context() as m:  # what init_distributed asks for on a node with a GPU
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        m.setattr(torch.cuda, "device_count", lambda: 1)
+        m.setattr(torch.cuda, "set_device", lambda *_: None)
+        m.setattr(dist, "init_process_group", lambda **kw: captured.update(kw))
+        init_distributed(DistEnv(rank=0, world_size=2, master_port=29599))
+    assert "nccl" in captured["backend"]
+    _register_stand_in()  # the same group with NCCL's device rule, on this CPU machine (a world of one)
+    dist.init_process_group(captured["backend"].replace("nccl", STAND_IN), store=dist.HashStore(), rank=0,
+                            world_size=1)
+    try:
+        flag = torch.tensor([1.0])  # a host-side flag, as the stop check builds it
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        assert flag.item() == 1.0
+        assert Collectives(world_size=2, device=torch.device("cpu")).any(True)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_collective_of_the_trainer_goes_through_the_helper_on_the_group_device(tmp_path, monkeypatch,
+                                                                                    sim_root) -> None:
+    """A world of two in one process (torch's fake process group, collectives return at once): a short run calls
+    torch.distributed only from usjepa.train.collectives, with tensors on the group's device."""
+    import sys
+
+    import torch
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    import usjepa.train.loop as loop
+    from usjepa.config import load_config
+    from usjepa.train.collectives import group_device
+
+    seen: list[tuple[str, str, object]] = []
+
+    def checked(name: str):
+        real = getattr(dist, name)
+
+        def call(*args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            tensor = args[0] if args else None
+            seen.append((name, caller, getattr(tensor, "device", kwargs.get("device"))))
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("all_reduce", "broadcast", "broadcast_object_list", "all_gather", "all_gather_object", "reduce",
+                 "reduce_scatter", "barrier", "gather", "scatter"):
+        monkeypatch.setattr(dist, name, checked(name))
+    monkeypatch.setattr(loop._Trainer, "_ddp", lambda self: self.objective)  # DDP's own reductions are C++
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29598")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        cfg = load_config("configs/pretrain/ema_jepa_vit_tiny_sim.yaml",
+                          [f"train.out_dir={tmp_path / 'run'}", f"data.root={sim_root}", "data.num_images=96",
+                           "data.batch_size=16", "train.steps=2", "train.progress=false"])
+        assert loop.run_training(cfg).status == "completed"
+        device = group_device()
+    finally:
+        dist.destroy_process_group()
+    assert {name for name, _, _ in seen} >= {"all_reduce", "broadcast_object_list"}
+    outside = [(name, caller) for name, caller, _ in seen if caller.startswith(("usjepa", "launch"))
+               and caller != "usjepa.train.collectives"]
+    assert outside == [], f"collectives called around the helper: {outside}"
+    assert all(torch.device(d) == device for _, caller, d in seen if caller == "usjepa.train.collectives")

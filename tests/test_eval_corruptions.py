@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from usjepa.eval.corruptions import apply_corruption
+from usjepa.eval.corruptions import apply_corruption, gaussian_kernel1d, speckle_kernel
 
 
 def _fan_batch(b=3, h=40, w=48, seed=0):
@@ -36,7 +36,7 @@ def test_contrast_keeps_the_in_region_median_scales_spread_and_leaves_background
             assert torch.equal(out[i, 0][~region[i]], img[i, 0][~region[i]])
 
 
-def test_speckle_is_seeded_per_item_grows_with_severity_and_stays_in_the_region():
+def test_speckle_is_seeded_per_item_coarsens_with_severity_and_stays_in_the_region():
     img, region = _fan_batch(b=4)
     idx = torch.tensor([10, 11, 12, 13])
     a = apply_corruption(img, region, "speckle", 2, idx, seed=1)
@@ -45,8 +45,13 @@ def test_speckle_is_seeded_per_item_grows_with_severity_and_stays_in_the_region(
     torch.testing.assert_close(a[2:], b)
     assert not torch.equal(a, apply_corruption(img, region, "speckle", 2, idx, seed=2))
     assert torch.equal(a[~region.unsqueeze(1)], img[~region.unsqueeze(1)])
-    dev = [(apply_corruption(img, region, "speckle", s, idx) - img).abs().mean().item() for s in (1, 2, 3)]
-    assert dev[0] < dev[1] < dev[2]
+    # severity widens the speckle grain (the smoothing kernel grows); its amplitude stays near 0.2 by the formula
+    lag = []
+    for s in (1, 2, 3):
+        eta = apply_corruption(img, region, "speckle", s, idx) / img.clamp_min(1e-6) - 1
+        e = eta[:, :, 8:30, 10:38]
+        lag.append(float((e[..., :, 2:] * e[..., :, :-2]).mean() / e.var()))
+    assert lag[0] < lag[1] < lag[2]
     assert a.min() >= 0 and a.max() <= 1
 
 
@@ -56,3 +61,21 @@ def test_bad_arguments_are_explained():
         apply_corruption(img, region, "fog", 1)
     with pytest.raises(ValueError, match="severity must be 1, 2 or 3"):
         apply_corruption(img, region, "blur", 4)
+
+
+@pytest.mark.parametrize("severity", [1, 2, 3])
+def test_speckle_follows_the_formula_noise_first_then_the_stated_kernel(severity):
+    """eta ~ N(0, (0.35 s)^2) smoothed by K, not rescaled: std(eta * K) = 0.35 s ||k||^2 for a separable k."""
+    h = w = 96
+    img = torch.full((4, 1, h, w), 0.3)
+    region = torch.ones(4, h, w, dtype=torch.bool)
+    out = apply_corruption(img, region, "speckle", severity, torch.arange(4), seed=3)
+    eta = (out / img - 1)[:, :, 8:-8, 8:-8]  # away from the padded border
+    sigma, size = speckle_kernel(severity)
+    k = gaussian_kernel1d(sigma, size, dtype=torch.float64)
+    expected = 0.35 * severity * float((k ** 2).sum())
+    assert float(eta.std()) == pytest.approx(expected, rel=0.06)
+    assert float(eta.std()) < 0.35 * severity / 1.5  # the old rescaled noise was 1.6-5x stronger
+    # correlated: neighbouring pixels share their noise as the kernel predicts (sum k_i k_i+1 / sum k_i^2)
+    lag1 = float((eta[..., :, 1:] * eta[..., :, :-1]).mean() / eta.var())
+    assert lag1 == pytest.approx(float((k[1:] * k[:-1]).sum() / (k ** 2).sum()), abs=0.05)

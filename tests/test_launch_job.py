@@ -1,4 +1,5 @@
-"""The submitit callable: the preemption flag, requeue on "preempted", the requeue budget, checkpoint()."""
+"""The submitit callable: the stop flag, requeue after USR2 (not after SIGTERM), the requeue budget, checkpoint(),
+the run folder's lock."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import pytest
 from submitit.helpers import DelayedSubmission
 
 import launch.job as job_mod
-from launch.job import PreemptionFlag, TrainJob
+from launch.job import TrainJob
 from launch.runfiles import read_events, record_event
 from launch.submit import resolve_run_config
 from usjepa.config import to_dict
+from usjepa.io.lock import FolderBusy
+from usjepa.train.signals import StopFlag
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "pretrain" / "salt_vit_tiny_sim.yaml"
 ENTRY = f"{__name__}:fake_train"
@@ -29,12 +32,15 @@ class FakeResult:
     run_dir: Path
 
 
+SIGNAL_BY_SEED = {1: signal.SIGUSR2, 2: signal.SIGTERM}
+
+
 def fake_train(cfg, should_stop=None) -> FakeResult:
-    """Counts steps; at step 3 the job receives the preemption signal, like a scheduler would send it."""
+    """Counts steps; at step 3 the job receives the signal the seed names, like a scheduler would send it."""
     total = int(cfg.train.steps)
     for step in range(1, total + 1):
-        if step == 3 and cfg.train.seed == 1:
-            os.kill(os.getpid(), signal.SIGUSR2)
+        if step == 3 and cfg.train.seed in SIGNAL_BY_SEED:
+            os.kill(os.getpid(), SIGNAL_BY_SEED[cfg.train.seed])
         if should_stop is not None and should_stop():
             return FakeResult("preempted", step, Path(cfg.train.out_dir))
     return FakeResult("completed", total, Path(cfg.train.out_dir))
@@ -55,20 +61,59 @@ class FakeEnv:
         self.requeued.append(countdown)
 
 
-def _job(tmp_path: Path, preempt: bool, max_requeues: int = 3) -> TrainJob:
-    cfg = resolve_run_config(CONFIG, [f"train.out_dir={tmp_path / 'run'}", "train.steps=6",
-                                      f"train.seed={1 if preempt else 0}"])
+def _job(tmp_path: Path, preempt: bool, max_requeues: int = 3, seed: int | None = None) -> TrainJob:
+    seed = (1 if preempt else 0) if seed is None else seed
+    cfg = resolve_run_config(CONFIG, [f"train.out_dir={tmp_path / 'run'}", "train.steps=6", f"train.seed={seed}"])
     return TrainJob(to_dict(cfg), max_requeues=max_requeues, submission_id="sub-a", entry=ENTRY)
 
 
 def test_flag_only_records_the_signal_and_restores_the_previous_handler() -> None:
-    before = signal.getsignal(signal.SIGUSR2)
-    flag = PreemptionFlag().install(signal.SIGUSR2)
+    before = [signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)]
+    flag = StopFlag().install(signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
     assert not flag()
     os.kill(os.getpid(), signal.SIGUSR2)
-    assert flag() and flag.signum == signal.SIGUSR2
+    os.kill(os.getpid(), signal.SIGINT)
+    assert flag() and flag.signals == [signal.SIGUSR2, signal.SIGINT] and flag.reason == "SIGUSR2"
+    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
+        os.kill(os.getpid(), signal.SIGINT)
     flag.restore()
-    assert signal.getsignal(signal.SIGUSR2) == before
+    assert [signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)] == before
+
+
+def test_sigterm_saves_and_ends_the_job_without_a_requeue(tmp_path, monkeypatch) -> None:
+    """scancel / scontrol requeue send SIGTERM: the job stops and records it; SLURM itself decides about a requeue."""
+    env = FakeEnv(rank=0)
+    monkeypatch.setattr(job_mod, "job_environment", lambda: env)
+    result = _job(tmp_path, preempt=False, seed=2)()
+    assert (result.status, result.step) == ("preempted", 3) and env.requeued == []
+    events = read_events(tmp_path / "run")
+    assert events["requeues"] == [] and events["stops"][0]["signal"] == "SIGTERM" and events["stops"][0]["step"] == 3
+
+
+HOLD = """
+import sys, time
+from usjepa.io.lock import FolderLock
+FolderLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_job_for_a_held_folder_is_refused_before_writing(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "run").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderBusy, match=f"pid {holder.pid}"):
+            _job(tmp_path, preempt=False)()
+        assert not (tmp_path / "run" / "job_events.json").exists()
+    finally:
+        holder.kill()
+        holder.wait(30)
 
 
 def test_plain_call_runs_the_entry_and_records_the_start(tmp_path) -> None:

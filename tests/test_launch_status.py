@@ -99,3 +99,87 @@ def test_submitted_but_not_started(tmp_path) -> None:
     write_launch_record(d, cluster="slurm", job_id="77", submission="s", stdout="", stderr="")
     df = collect_status(d, query_slurm=False)
     assert df.loc[0, "state"] == "submitted" and df.loc[0, "step"] == 0 and df.loc[0, "job_id"] == "77"
+
+
+def test_live_step_from_metrics_beside_the_checkpoint_step(tmp_path) -> None:
+    # status.json is written at each save (step 10); metrics.csv has moved on to step 14
+    d = _run(tmp_path, "r", "running", 10, 40, [(12, 0.5, 80.0), (14, 0.4, 81.0)], last_ckpt=NOW - 60)
+    row = collect_status(d, query_slurm=False, now=NOW).iloc[0]
+    assert (row["step"], row["ckpt_step"], row["total"]) == (14, 10, 40)
+    text = format_status(collect_status(d, query_slurm=False, now=NOW))
+    header, line = text.splitlines()
+    assert " step ckpt " in header and line.split()[line.split().index("14/40") + 1] == "10"
+    # a failed run records where it failed, not where its checkpoint is
+    f = _run(tmp_path, "f", "failed", 13, 40, [(13, 0.4, 80.0)], error="TrainingError: loss became nan")
+    row = collect_status(f, query_slurm=False, now=NOW).iloc[0]
+    assert row["step"] == 13 and math.isnan(row["ckpt_step"])
+
+
+def test_requeues_count_slurm_restarts_that_the_launcher_did_not_ask_for(tmp_path) -> None:
+    d = _run(tmp_path, "r", "running", 5, 20, [(5, 0.9, 50.0)], job_id="61")
+    record_event(d, "start", submission="s1", job_id="61", restart_count=0)
+    record_event(d, "start", submission="s1", job_id="61", restart_count=1)  # `scontrol requeue` or a node failure
+    assert collect_status(d, query_slurm=False).loc[0, "requeues"] == 1
+    # a preemption the launcher requeued itself, then one more hard restart: two, not three
+    record_event(d, "requeue", submission="s1", job_id="61", step=8)
+    record_event(d, "start", submission="s1", job_id="61", restart_count=2)
+    assert collect_status(d, query_slurm=False).loc[0, "requeues"] == 2
+    # a later submission (job 62) adds its own
+    record_event(d, "requeue", submission="s2", job_id="62", step=12)
+    assert collect_status(d, query_slurm=False).loc[0, "requeues"] == 3
+
+
+def test_pending_array_members_are_asked_one_per_line(monkeypatch) -> None:
+    import launch.submit as submit_mod
+
+    calls = []
+
+    def fake_run(cmd):
+        calls.append(cmd)
+        if cmd[0] == "squeue":  # with -r, SLURM lists pending members one by one instead of '70_[1-2]'
+            return "70_0|RUNNING\n70_1|PENDING\n70_2|PENDING\n" if "-r" in cmd else "70_0|RUNNING\n70_[1-2]|PENDING\n"
+        return ""
+
+    monkeypatch.setattr(submit_mod.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(submit_mod, "_run", fake_run)
+    assert submit_mod.slurm_job_states(["70_0", "70_1", "70_2"]) == {"70_0": "RUNNING", "70_1": "PENDING",
+                                                                     "70_2": "PENDING"}
+
+
+def test_a_local_job_whose_process_is_gone_is_not_reported_running(tmp_path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    d = _run(tmp_path, "r", "running", 4, 20, [(6, 0.9, 50.0)])
+    write_launch_record(d, cluster="local", job_id=str(gone.pid), submission="s1", stdout="", stderr="")
+    assert read_json_host(d) == socket.gethostname()
+    row = collect_status(d, query_slurm=False).iloc[0]
+    assert row["state"] == "stopped" and row["step"] == 6
+    doc = json.loads((d / "launch.json").read_text())
+    (d / "launch.json").write_text(json.dumps({**doc, "cancelled": NOW}))
+    assert collect_status(d, query_slurm=False).loc[0, "state"] == "cancelled"
+
+
+def read_json_host(d: Path) -> str:
+    return json.loads((d / "launch.json").read_text())["host"]
+
+
+def test_members_that_never_started_take_the_state_of_their_array_record(monkeypatch) -> None:
+    import launch.submit as submit_mod
+
+    asked = []
+
+    def fake_run(cmd):
+        asked.append(cmd)
+        if cmd[0] == "sacct":  # asked by array: never-started members exist only as '71_[1-3%1]' (or as '72')
+            return "71_0|CANCELLED by 0\n71_[1-3%1]|CANCELLED by 0\n72|CANCELLED by 0\n"
+        return ""  # squeue: gone
+
+    monkeypatch.setattr(submit_mod.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(submit_mod, "_run", fake_run)
+    states = submit_mod.slurm_job_states(["71_0", "71_2", "72_1", "73_0"])
+    assert states == {"71_0": "CANCELLED", "71_2": "CANCELLED", "72_1": "CANCELLED"}
+    assert asked[0][-1] == "71,72,73"

@@ -82,19 +82,25 @@ def test_member_with_unknown_key_is_named_before_anything_is_submitted(tmp_path)
 
 
 def test_rerun_skips_completed_members_and_resubmits_the_rest(tmp_path) -> None:
-    spec = load_sweep(_write(tmp_path, "grid:\n  optim.lr: [0.1, 0.2, 0.3]\n"))
+    spec = load_sweep(_write(tmp_path, "overrides: [train.steps=9]\ngrid:\n  optim.lr: [0.1, 0.2, 0.3]\n"))
     cfgs = member_configs(spec)
     done, preempted = Path(cfgs[0].train.out_dir), Path(cfgs[1].train.out_dir)
-    for d, state in ((done, "completed"), (preempted, "preempted")):
+    for d, state, step in ((done, "completed", 9), (preempted, "preempted", 7)):
         d.mkdir(parents=True)
-        (d / "status.json").write_text(json.dumps({"state": state, "step": 7, "total_steps": 9}))
+        (d / "status.json").write_text(json.dumps({"state": state, "step": step, "total_steps": 9}))
     plan = plan_sweep(spec, cfgs)
-    assert [m.name for m, _ in plan.skipped] == ["optim.lr=0.1"]
+    assert [(m.name, why) for m, why in plan.skipped] == [("optim.lr=0.1", "completed at step 9/9")]
     assert [m.name for m, _ in plan.to_submit] == ["optim.lr=0.2", "optim.lr=0.3"]
+    # only those that ran and ended early: the never-submitted third member waits
+    plan = plan_sweep(spec, cfgs, failed_only=True)
+    assert [m.name for m, _ in plan.to_submit] == ["optim.lr=0.2"]
+    # more steps than the completed run reached: it is an extension, not a finished run
+    longer = member_configs(spec, ["train.steps=12"])
+    assert [m.name for m, _ in plan_sweep(spec, longer).to_submit] == ["optim.lr=0.1", "optim.lr=0.2", "optim.lr=0.3"]
 
 
 def test_dry_run_prints_one_array_for_the_unfinished_members(tmp_path, capsys) -> None:
-    path = _write(tmp_path, "overrides: [launch.array_parallelism=2]\ngrid:\n  optim.lr: [0.1, 0.2]\n"
+    path = _write(tmp_path, "overrides: [launch.array_parallelism=2, train.steps=9]\ngrid:\n  optim.lr: [0.1, 0.2]\n"
                             "  mask.preset: [usjepa, ijepa]\n")
     done = tmp_path / "out" / "optim.lr=0.1,mask.preset=usjepa"
     done.mkdir(parents=True)

@@ -4,7 +4,15 @@ import torch
 from omegaconf import OmegaConf
 
 from usjepa.config import MaskConfig
-from usjepa.masks import ComplementMasker, MaskCollator, MultiBlockMasker, RandomMasker, build_masker, patch_validity
+from usjepa.masks import (
+    ComplementMasker,
+    MaskCollator,
+    MultiBlockMasker,
+    PerSampleSampler,
+    RandomMasker,
+    build_masker,
+    patch_validity,
+)
 
 
 def _stats(masker, n=400, seed=0, valid=None):
@@ -12,8 +20,14 @@ def _stats(masker, n=400, seed=0, valid=None):
     return [masker(rng, valid) for _ in range(n)]
 
 
+def _per_sample(preset: str, grid=(14, 14)):
+    s = build_masker(OmegaConf.structured(MaskConfig(preset=preset, sampler="per_sample")), grid)
+    assert isinstance(s, PerSampleSampler)
+    return s.masker
+
+
 def test_usjepa_preset_matches_published_sizes_on_14x14():
-    m = build_masker(OmegaConf.structured(MaskConfig(preset="usjepa")), (14, 14))
+    m = _per_sample("usjepa")
     assert isinstance(m, MultiBlockMasker) and m.num_targets == 4
     draws = _stats(m)
     ctx = np.mean([len(d[0][0]) for d in draws])
@@ -26,14 +40,14 @@ def test_usjepa_preset_matches_published_sizes_on_14x14():
 
 
 def test_ijepa_targets_are_bigger_than_usjepa():
-    us = _stats(build_masker(OmegaConf.structured(MaskConfig(preset="usjepa")), (14, 14)), 200)
-    ij = _stats(build_masker(OmegaConf.structured(MaskConfig(preset="ijepa")), (14, 14)), 200)
+    us = _stats(_per_sample("usjepa"), 200)
+    ij = _stats(_per_sample("ijepa"), 200)
     size = lambda ds: np.mean([len(t) for d in ds for t in d[0][1]])
     assert size(ij) > 1.4 * size(us)
 
 
 def test_salt_preset_masks_about_ninety_percent_over_two_pairs():
-    m = build_masker(OmegaConf.structured(MaskConfig(preset="salt")), (14, 14))
+    m = _per_sample("salt")
     assert isinstance(m, ComplementMasker)
     draws = _stats(m, 200)
     short = np.mean([len(d[0][1][0]) for d in draws]) / 196
@@ -81,7 +95,7 @@ def test_patch_validity_from_pixel_region():
     assert not patch_validity(region, 8, 0.5).any()
 
 
-def test_collator_pads_and_is_seeded_by_items():
+def test_per_sample_collator_pads_and_is_seeded_by_items():
     m = MultiBlockMasker(grid=(8, 8))
 
     def base(items):
@@ -106,7 +120,12 @@ def test_collator_pads_and_is_seeded_by_items():
 
 @pytest.mark.parametrize("preset", ["usjepa", "ijepa", "salt", "random"])
 def test_small_grids_always_give_nonempty_sets(preset):
-    m = build_masker(OmegaConf.structured(MaskConfig(preset=preset)), (4, 4))
+    m = _per_sample(preset, (4, 4))
     for pairs in _stats(m, 100):
         for c, targets in pairs:
             assert len(c) > 0 and all(len(t) > 0 for t in targets)
+    # the reference samplers too, although upstream would loop forever where blocks hold <= min_keep patches
+    ref = build_masker(OmegaConf.structured(MaskConfig(preset=preset)), (4, 4))
+    for b in range(20):
+        for mb in ref(list(range(8 * b, 8 * b + 8))):
+            assert mb.context.shape[1] > 0 and mb.targets.shape[2] > 0

@@ -116,6 +116,11 @@ def test_checkpoint_hash_is_part_of_the_identity(tmp_path):
     assert ia["checkpoint_sha256"] != ib["checkpoint_sha256"] and ia["norm"] == "imagenet"
     assert tcache.identity_diff({"teacher": ia}, {"teacher": ib}) == [
         f"teacher.checkpoint_sha256: cache {ia['checkpoint_sha256']!r}, this run {ib['checkpoint_sha256']!r}"]
+    # a family whose tokens changed for the same file (DINOv2 register interpolation) refuses older caches
+    dino = tcache.teacher_identity(teacher_cfg(family="dinov2", checkpoint=str(a), arch="", patch_size=0, options={}))
+    assert "family_revision" not in ia and dino["family_revision"] == 2
+    assert "teacher.family_revision: cache '<absent>', this run 2" in tcache.identity_diff(
+        {"teacher": {k: v for k, v in dino.items() if k != "family_revision"}}, {"teacher": dino})
 
 
 def test_rebuild_reuses_same_and_never_overwrites_other(built):

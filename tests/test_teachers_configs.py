@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import teachers
-from teachers.loading import ARCH_PRESETS
+from teachers.arch import ARCH_PRESETS
 from teachers.registry import get_family, spec_options, split_options
 from usjepa.config import load_config
 
@@ -26,7 +26,7 @@ def test_snippet_is_valid(path):
     fam = get_family(family)
     split_options(fam, opts)  # raises on an option the family does not take
     assert bool(checkpoint) == fam.needs_checkpoint
-    if family in ("mae", "urfm", "dinov2", "ijepa", "usfm"):
+    if family in ("mae", "urfm", "dinov2", "ijepa", "usfm", "vit"):
         assert opts.get("arch") in ARCH_PRESETS
 
 

@@ -3,6 +3,8 @@ the reference model's patch tokens, at the native size and at a second, non-squa
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 
 import pytest
@@ -15,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import teachers
 from usjepa.models import build_vit, export_encoder
+from usjepa.models.checkpoint_io import CheckpointError
 from usjepa.models.layers import sincos_2d
 
 IMAGENET = (torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
@@ -154,6 +157,37 @@ def dinov2_release(m: VisionTransformer, regs: bool, swiglu: bool = False) -> di
     return sd
 
 
+def original_pos(patch_pos: torch.Tensor, grid: tuple, regs: bool) -> torch.Tensor:
+    """DINOv2's `interpolate_pos_encoding` rule, written out: [1, M*M, D] -> [1, h*w, D].
+
+    Its hub builds models without registers with interpolate_offset=0.1 and no antialiasing (interpolation by
+    scale factor (h + 0.1) / M), and `*_reg` models with offset 0 and antialiasing (interpolation to the size).
+    """
+    m, d = math.isqrt(patch_pos.shape[1]), patch_pos.shape[-1]
+    x = patch_pos.reshape(1, m, m, d).permute(0, 3, 1, 2)
+    if regs:
+        x = F.interpolate(x, size=grid, mode="bicubic", antialias=True)
+    else:
+        x = F.interpolate(x, scale_factor=((grid[0] + 0.1) / m, (grid[1] + 0.1) / m), mode="bicubic", antialias=False)
+    assert tuple(x.shape[-2:]) == tuple(grid)
+    return x.permute(0, 2, 3, 1).reshape(1, -1, d)
+
+
+def dinov2_reference(m: VisionTransformer, size: tuple, regs: bool, rule: bool | None = None,
+                     **kw) -> VisionTransformer:
+    """The timm reference `m` rebuilt for input `size` with positions resampled by DINOv2's rule (for `rule`
+    registers or not: by default the model's own kind)."""
+    p = m.patch_embed.proj.kernel_size[0]
+    grid = (size[0] // p, size[1] // p)
+    ref = tiny_vit(**dict(kw, img=size, patch=p))
+    sd = dict(m.state_dict())
+    patch_pos = sd["pos_embed"][:, 0 if regs else 1:]
+    new = original_pos(patch_pos, grid, regs if rule is None else rule)
+    sd["pos_embed"] = new if regs else torch.cat([sd["pos_embed"][:, :1], new], dim=1)
+    ref.load_state_dict(sd)
+    return ref.eval()
+
+
 @pytest.mark.parametrize("regs,swiglu", [(True, False), (False, False), (True, True)])
 def test_dinov2_release_format(tmp_path, regs, swiglu):
     from timm.layers import SwiGLUPacked
@@ -169,15 +203,64 @@ def test_dinov2_release_format(tmp_path, regs, swiglu):
     assert (t.patch_size, t.num_prefix_tokens, t.grid((70, 70))) == (14, prefix, (5, 5))
     x1 = torch.rand(2, 3, 70, 70)
     close(t(x1), ref_tokens(m, imagenet(x1), prefix))
-    # another grid: DINOv2 interpolates by scale factor (n + 0.1) / 5, bicubic, no antialias
-    x2 = torch.rand(2, 1, 56, 84)
-    ref = tiny_vit(**dict(kw, img=(56, 84)))
-    sd = dict(m.state_dict())
-    patch_pos = sd["pos_embed"][:, 0 if regs else 1:]
-    new = resized(patch_pos, (5, 5), (4, 6), scale_factor=(4.1 / 5, 6.1 / 5))
-    sd["pos_embed"] = new if regs else torch.cat([sd["pos_embed"][:, :1], new], dim=1)
-    ref.load_state_dict(sd)
-    close(t(x2), ref_tokens(ref.eval(), imagenet(x2), prefix))
+    x2 = torch.rand(2, 1, 56, 84)  # another, non-square grid
+    close(t(x2), ref_tokens(dinov2_reference(m, (56, 84), regs, **{k: v for k, v in kw.items() if k != "img"}),
+                            imagenet(x2), prefix))
+
+
+@pytest.mark.parametrize("regs", [True, False], ids=["reg4", "no_registers"])
+def test_dinov2_positions_match_the_original_at_any_size(tmp_path, regs):
+    """A 518 px (37x37) DINOv2 release file at 224, 448 and a non-square size, within 1e-4 of the original's rule."""
+    kw = dict(embed_dim=64, depth=1, num_heads=2, init_values=1e-5, reg_tokens=4 if regs else 0, no_embed_class=regs)
+    m = randomise(tiny_vit(img=518, patch=14, **kw), seed=11)
+    with torch.no_grad():  # trained DINOv2 positions are smooth: low frequencies plus some detail
+        m.pos_embed.copy_(torch.randn(m.pos_embed.shape, generator=torch.Generator().manual_seed(12)))
+    path = tmp_path / ("dinov2_vits14_reg4_pretrain.pth" if regs else "dinov2_vits14_pretrain.pth")
+    torch.save(dinov2_release(m, regs), path)
+    t = load("dinov2", str(path), num_heads=2)
+    assert t.backbone.native_grid == (37, 37)
+    for size in ((224, 224), (448, 448), (224, 350)):
+        x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(size[1]))
+        want = ref_tokens(dinov2_reference(m, size, regs, **kw), imagenet(x), t.num_prefix_tokens)
+        got = t(x)
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-4, (size, (got - want).abs().max())
+    # the other kind's rule gives clearly other tokens at 224 px, so this test tells the rules apart
+    other = dinov2_reference(m, (224, 224), regs, rule=not regs, **kw)
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(224))
+    assert (ref_tokens(other, imagenet(x), t.num_prefix_tokens) - t(x)).abs().max() > 1e-2
+
+
+def dinov2_training_state(m: VisionTransformer, chunks: int = 0) -> dict:
+    """A DINOv2 SSLMetaArch network's state dict: backbone.* (optionally in block chunks), dino_head.*, ibot_head.*."""
+    sd = dinov2_release(m, regs=m.reg_token is not None)
+    if chunks:
+        per = len(m.blocks) // chunks
+        sd = {(f"blocks.{int(k.split('.')[1]) // per}.{k[len('blocks.'):]}" if k.startswith("blocks.") else k): v
+              for k, v in sd.items()}
+    d = m.embed_dim
+    heads = {"dino_head.mlp.0.weight": torch.randn(32, d), "dino_head.last_layer.weight_g": torch.ones(64, 1),
+             "ibot_head.mlp.0.weight": torch.randn(32, d), "ibot_head.last_layer.weight_v": torch.randn(64, 8)}
+    return {**{f"backbone.{k}": v for k, v in sd.items()}, **heads}
+
+
+def test_dinov2_training_checkpoints_load_with_default_options(tmp_path):
+    kw = dict(img=70, patch=14, init_values=1e-5, depth=4, reg_tokens=4, no_embed_class=True)
+    teacher, student = randomise(tiny_vit(**kw), seed=13), randomise(tiny_vit(**kw), seed=14)
+    x = torch.rand(2, 3, 70, 70)
+    # eval/<iteration>/teacher_checkpoint.pth, with blocks in 2 chunks as DINOv2's training configs save them
+    torch.save({"teacher": dinov2_training_state(teacher, chunks=2)}, tmp_path / "teacher_checkpoint.pth")
+    t = load("dinov2", str(tmp_path / "teacher_checkpoint.pth"))
+    close(t(x), ref_tokens(teacher, imagenet(x), 5))
+    assert t.arch_facts.get("block_chunks") == 2 and "0.1" in t.arch_facts.get("pos_interpolation")
+    # model_*.pth: both networks under `model`, beside the optimizer state
+    both = {**{f"teacher.{k}": v for k, v in dinov2_training_state(teacher).items()},
+            **{f"student.{k}": v for k, v in dinov2_training_state(student).items()}}
+    torch.save({"model": both, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3}]}, "iteration": 9},
+               tmp_path / "model_0000009.pth")
+    close(load("dinov2", str(tmp_path / "model_0000009.pth"))(x), ref_tokens(teacher, imagenet(x), 5))
+    close(load("dinov2", str(tmp_path / "model_0000009.pth"), which="student")(x), ref_tokens(student, imagenet(x), 5))
+    with pytest.raises(CheckpointError, match="single network"):
+        load("dinov2", str(tmp_path / "teacher_checkpoint.pth"), which="student")
 
 
 def usfm_like(img: int = 32) -> Beit:
@@ -226,6 +309,32 @@ def test_timm_family(tmp_path):
                             dynamic_img_size=True)
     dyn.load_state_dict(m.state_dict())
     close(t(X2), ref_tokens(dyn.eval(), (X2.expand(-1, 3, -1, -1) - mean) / std, 1))
+
+
+def test_timm_family_wrapper_prefixes_and_the_checkpoints_own_statistics(tmp_path, caplog):
+    m = randomise(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=10))
+    opts = dict(arch="vit_tiny_patch16_224", img_size=32, model_kwargs={"depth": 2})
+    # timm train.py: weights under state_dict (here also wrapped as module.model.*), statistics in `args`
+    args = argparse.Namespace(model="vit_tiny_patch16_224", mean=[0.3, 0.3, 0.3], std=[0.2, 0.2, 0.2], epochs=3)
+    wrapped = {f"module.model.{k}": v for k, v in m.state_dict().items()}
+    torch.save({"epoch": 3, "state_dict": wrapped, "args": args}, tmp_path / "checkpoint-3.pth.tar")
+    with caplog.at_level("INFO", logger="teachers"):
+        t = load("timm", str(tmp_path / "checkpoint-3.pth.tar"), **opts)
+    close(t(X1), ref_tokens(m, (X1 - 0.3) / 0.2, 1))
+    assert "training 'args'" in t.norm_description and "training 'args'" in caplog.text
+    # the Hugging Face hub layout: pretrained_cfg in a config.json beside the weights
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    torch.save(m.state_dict(), hub / "pytorch_model.bin")
+    (hub / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224",
+                                                 "pretrained_cfg": {"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.4, 0.3]}}))
+    t = load("timm", str(hub / "pytorch_model.bin"), **opts)
+    mean, std = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1), torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+    close(t(X1), ref_tokens(m, (X1 - mean) / std, 1))
+    assert "config.json" in t.norm_description
+    # no statistics anywhere: timm's default for the name, and the teacher says so
+    torch.save(m.state_dict(), tmp_path / "plain.pth")
+    assert "timm's default pretrained_cfg" in load("timm", str(tmp_path / "plain.pth"), **opts).norm_description
 
 
 def test_usjepa_family_export_and_training_checkpoint(tmp_path):

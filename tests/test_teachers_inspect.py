@@ -97,3 +97,18 @@ def test_cli_inspect_json_and_verify(tmp_path, capsys):
     assert run(["inspect", str(path), "--family", "usfm"]) == 1  # loads=False: no relative-position table
     assert run(["verify", "--family", "random", "--option", "seeed=1"]) == 2
     assert "has no option 'seeed'" in capsys.readouterr().err
+
+
+def test_detects_training_and_classifier_layouts(tmp_path, capsys):
+    """A DINOv2 run's teacher_checkpoint.pth and a timm-named classifier (TinyUSFM-like) need no --family."""
+    sd = dinov2_sd()
+    heads = {"dino_head.mlp.0.weight": torch.zeros(8, 192), "ibot_head.mlp.0.weight": torch.zeros(8, 192)}
+    torch.save({"teacher": {**{f"backbone.{k}": v for k, v in sd.items()}, **heads}}, tmp_path / "teacher_ckpt.pth")
+    info = inspect_checkpoint(str(tmp_path / "teacher_ckpt.pth"))
+    assert info["family"] == "dinov2" and info["loads"], info.get("error")
+    assert sorted(info["dropped"]) == ["dino_head.mlp.0.weight", "ibot_head.mlp.0.weight", "mask_token"]
+    assert info["architecture"]["pos_interpolation"]["evidence"].startswith("DINOv2 training defaults")
+    torch.save({f"module.{k}": v for k, v in vit_sd(num_classes=5).items()}, tmp_path / "cls.pth")
+    assert run(["verify", str(tmp_path / "cls.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "family: vit" in out and "heads: 3  [inferred" in out and "WARNING" in out and "num_heads=12" in out

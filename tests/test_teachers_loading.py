@@ -101,7 +101,7 @@ def test_unknown_family_and_option_are_named():
         teachers.load("random", seeed=1)
     with pytest.raises(ValueError, match="needs a checkpoint"):
         teachers.load("mae")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         teachers.load("mae", "/nonexistent/teacher.pth")
 
 

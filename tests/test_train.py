@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from usjepa.config import load_config
+from usjepa.config import ConfigError, load_config
 from usjepa.models.checkpoint_io import CheckpointError
 from usjepa.train import TrainingError, run_training
 from usjepa.train.checkpoint import load_training_checkpoint
@@ -23,12 +24,6 @@ CONFIGS = {
     "mae": "configs/pretrain/mae_vit_tiny_sim.yaml",
     "ema_jepa": "configs/pretrain/ema_jepa_vit_tiny_sim.yaml",
 }
-
-
-@pytest.fixture(scope="session")
-def sim_root(tmp_path_factory) -> str:
-    """One small simulated dataset shared by the trainer tests (generated on first use)."""
-    return str(tmp_path_factory.mktemp("sim") / "lesion96")
 
 
 def _cfg(objective: str, out: Path, sim_root: str, *extra: str):
@@ -60,6 +55,11 @@ def test_tiny_salt_run_lowers_its_loss(tmp_path, sim_root):
     assert last < 0.8 * first, (first, last)
     for name in ("config.yaml", "env.json", "latest.pt", "encoder.safetensors", "status.json"):
         assert (tmp_path / "run" / name).exists(), name
+    from teachers.frozen import bf16_supported
+
+    precision = json.loads((tmp_path / "run" / "env.json").read_text())["precision"]
+    assert precision["student"] == "fp32"  # train.precision=auto on a CPU
+    assert precision["teacher"] == ("bf16" if bf16_supported(torch.device("cpu")) else "fp32")  # teacher.precision=auto
 
 
 @pytest.mark.parametrize("objective", ["salt", "mae", "ema_jepa"])
@@ -130,15 +130,19 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path
 def test_corrupt_or_mismatched_checkpoint_is_an_error_not_a_restart(tmp_path, sim_root):
     run = tmp_path / "run"
     run_training(_cfg("mae", run, sim_root, "train.steps=2"))
+    config = (run / "config.yaml").read_text()
     # a different architecture for the same folder: refused, naming what differs
-    with pytest.raises(CheckpointError, match="different settings for model"):
+    with pytest.raises(ConfigError, match=r"other settings: model.depth 4 -> 3"):
         run_training(_cfg("mae", run, sim_root, "train.steps=4", "model.depth=3"))
-    # a truncated file: refused, naming the file
-    data = (run / "latest.pt").read_bytes()
-    (run / "latest.pt").write_bytes(data[: len(data) // 3])
-    with pytest.raises(CheckpointError, match="latest.pt"):
+    assert (run / "config.yaml").read_text() == config
+    # truncated files: refused, naming each file; nothing is trained from step 0 over them
+    for name in ("latest.pt", "step_2.pt"):
+        data = (run / name).read_bytes()
+        (run / name).write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match=r"no usable checkpoint.*latest.pt.*truncated.*step_2.pt"):
         run_training(_cfg("mae", run, sim_root, "train.steps=4"))
-    assert _losses(run) and max(_losses(run)) == 2  # nothing was trained from step 0 over it
+    assert _losses(run) and max(_losses(run)) == 2
+    assert json.loads((run / "status.json").read_text())["state"] == "completed"  # the old run's status is kept
 
 
 def test_validation_keeps_best_checkpoint(tmp_path, sim_root):
@@ -162,8 +166,10 @@ def test_validation_keeps_best_checkpoint(tmp_path, sim_root):
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path, sim_root):
-    """torchrun, gloo on CPU: 2 ranks x 8 images equal 1 process x 16 images, step for step."""
+    """torchrun, gloo on CPU: 2 ranks x 8 images equal 1 process x 16 images, step for step (per-sample masks:
+    the reference samplers truncate per rank, as upstream, so their masks differ between the two)."""
     common = [
+        "mask.sampler=per_sample",
         "train.steps=4",
         f"data.root={sim_root}",
         "data.num_images=96",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 VERBS_HELP = """verbs:
@@ -14,11 +15,65 @@ VERBS_HELP = """verbs:
   submit     send a pretraining (or probe) config to SLURM via submitit, or run it locally
   sweep      expand a grid of overrides and submit it as one SLURM job array
   status     a table of every job in a run or sweep folder
+  cancel     cancel the jobs of a run or sweep folder (scancel; local runs: a signal to the recorded process)
+  resubmit   submit again the runs of a folder that failed, were cancelled or timed out
   export     write a checkpoint's encoder as timm-compatible safetensors
   demo       the whole method end to end on simulated data: teacher -> student -> probes -> table
   config     print the resolved config (or the configuration reference) without running anything
+  masks      draw masks exactly as training would and print the effective masking (tokens, masked share)
+  data       data tools: `preview` writes each item's region and model input and a contact sheet; `prepare`
+             preprocesses once into shards (data.source=prepared)
 
-Run `usjepa <verb> --help` for the arguments of a verb."""
+Run `usjepa <verb> --help` for the arguments of a verb. Options and key=value overrides mix in any order.
+Errors print one `error: ...` line (exit status 2); -v or USJEPA_DEBUG=1 adds the traceback."""
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """Options and positionals (config, key=value overrides) in any order: `submit CFG --launch F launch.nodes=2`.
+
+    argparse's intermixed parsing cannot handle sub-commands, so a parser that has them parses as usual and
+    each verb's own parser (which has none) intermixes.
+    """
+
+    _intermixing = False
+
+    def _can_intermix(self) -> bool:
+        return not any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._actions)
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing or not self._can_intermix():
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def _settle_positionals(args: argparse.Namespace) -> None:
+    """`key=value` overrides may also come before the config file: the file is the first positional that is not
+    an override (has no '=', or names an existing file), whatever the order it was typed in."""
+    for name in ("config", "sweep"):
+        first = getattr(args, name, None)
+        rest = getattr(args, "overrides", None)
+        if not isinstance(first, str) or not isinstance(rest, list) or "=" not in first or os.path.exists(first):
+            continue
+        items = [first, *rest]
+        pick = next((i for i, a in enumerate(items) if "=" not in a or os.path.exists(a)), None)
+        if pick is not None:
+            setattr(args, name, items.pop(pick))
+            args.overrides = items
+
+
+def _add_verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`-v` also after the verb (`usjepa pretrain CFG -v`), on every sub-command parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if "-v" not in sub._option_string_actions:
+                    sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                     help="debug logging, and the traceback of an error")
+                _add_verbose_everywhere(sub)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -49,7 +104,8 @@ def _config(args) -> int:
             print(f"{key:40s} {typ:8s} {default!r}")
         return 0
     if not args.config:
-        print("usjepa config: give a CONFIG file, or --reference", file=sys.stderr)
+        print("error: usjepa config needs a CONFIG file (e.g. configs/pretrain/salt_vit_tiny_sim.yaml), or --reference",
+              file=sys.stderr)
         return 2
     print(OmegaConf.to_yaml(load_config(args.config, args.overrides), resolve=True), end="")
     return 0
@@ -60,8 +116,9 @@ def _export(args) -> int:
 
     enc = load_encoder_checkpoint(args.checkpoint, which=args.which)
     path = export_encoder(enc, args.out)
-    kw = ", ".join(f"{k}={v!r}" for k, v in enc.timm_kwargs().items())
-    print(f"wrote {path}\nload it with: timm.create_model('vit_base_patch16_224', {kw}, checkpoint_path='{path}')")
+    name, timm_kw = enc.timm_spec()  # timm's ViT (sin-cos) or Eva (RoPE)
+    kw = ", ".join(f"{k}={v!r}" for k, v in timm_kw.items())
+    print(f"wrote {path}\nload it with: timm.create_model('{name}', {kw}, checkpoint_path='{path}')")
     return 0
 
 
@@ -73,13 +130,13 @@ def _optional(module: str, attr: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = IntermixedParser(
         prog="usjepa",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Ultrasound foundation models with a frozen teacher (SALT / US-JEPA).",
         epilog=VERBS_HELP,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
 
     p = sub.add_parser(
@@ -127,7 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("submit", "launch.cli", "add_submit_arguments", "run_submit", "submit a config to SLURM (or run locally)"),
         ("sweep", "launch.cli", "add_sweep_arguments", "run_sweep", "submit a grid of overrides as one job array"),
         ("status", "launch.cli", "add_status_arguments", "run_status", "table of the jobs in a run or sweep folder"),
+        ("cancel", "launch.cli", "add_cancel_arguments", "run_cancel", "cancel the jobs of a run or sweep folder"),
+        ("resubmit", "launch.cli", "add_resubmit_arguments", "run_resubmit",
+         "submit again the runs of a folder that failed, were cancelled or timed out"),
         ("demo", "usjepa.demo", "add_arguments", "run_from_args", "the whole method end to end on simulated data"),
+        ("masks", "usjepa.train.mask_preview", "add_arguments", "run_from_args",
+         "draw masks as training would: context / target tokens and masked share per mask pair"),
+        ("data", "usjepa.data.cli", "add_arguments", "run_from_args",
+         "data tools: preview what the model receives, prepare shards"),
     ]
     for verb, module, add, run, help_ in lazy:
         p = sub.add_parser(verb, help=help_, description=help_)
@@ -145,17 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_optional("teachers.cli", "run_from_args"))
     except (ImportError, AttributeError) as e:
         p.set_defaults(func=lambda args, e=e: _unavailable("teacher", e))
+    _add_verbose_everywhere(parser)
     return parser
 
 
 def _unavailable(verb: str, err: Exception) -> int:
-    print(f"usjepa {verb} is unavailable in this installation: {err}", file=sys.stderr)
+    print(f"error: usjepa {verb} is unavailable in this installation: {err}", file=sys.stderr)
     return 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Expected failures print one `error: ...` line and exit 2 (-v or USJEPA_DEBUG=1: traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _settle_positionals(args)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -164,14 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from usjepa.config import ConfigError
-    from usjepa.models.checkpoint_io import CheckpointError
+    from usjepa.errors import run_reporting
 
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting(lambda: args.func(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

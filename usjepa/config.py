@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import os
 import platform
 import subprocess
 import sys
@@ -23,10 +21,11 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 from launch.config import LaunchConfig
 from teachers.config import TeacherConfig
-from usjepa.data.config import DataConfig
+from usjepa.data.config import COLOUR_FRAMES, PANES, SOURCES, DataConfig
+from usjepa.errors import UsjepaError
 
 
-class ConfigError(ValueError):
+class ConfigError(UsjepaError, ValueError):
     """A configuration problem, phrased for the user: what, where, and what to do."""
 
 
@@ -46,6 +45,8 @@ class ModelConfig:
     attn_backend: str = "auto"  # auto | xformers | sdpa | math (env USJEPA_ATTN overrides auto)
     norm_mean: list[float] = field(default_factory=lambda: [0.5])
     norm_std: list[float] = field(default_factory=lambda: [0.25])
+    pos_embed: str = "sincos"  # sincos (I-JEPA, MAE) / rope (2-D RoPE, V-JEPA 2 / SALT); predictor and decoder follow
+    init: str = "jepa"  # jepa (trunc-normal 0.02, per-depth rescale) / mae (xavier-uniform, CLS std 0.02; MAE)
     # explicit sizes override the preset when > 0
     embed_dim: int = 0
     depth: int = 0
@@ -58,6 +59,7 @@ class PredictorConfig:
     embed_dim: int = 384
     num_heads: int = 16
     per_block: bool = True  # predict each target block in its own sequence (I-JEPA); False: the union at once
+    zero_init_mask_tokens: bool = False  # V-JEPA / V-JEPA 2 start mask tokens at 0; I-JEPA trunc-normal(0.02)
 
 
 @dataclass
@@ -73,6 +75,9 @@ class RegionMaskConfig:
 @dataclass
 class MaskConfig:
     preset: str = "usjepa"  # usjepa | ijepa | salt | random | custom
+    # reference: the published collators (one block shape per batch, truncation to the batch minimum);
+    # per_sample: shapes per block and image, lists padded (milder masking; see the README)
+    sampler: str = "reference"
     # custom multi-block settings (used when preset == custom; presets fill these in)
     context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
     context_aspect: list[float] = field(default_factory=lambda: [1.0, 1.0])
@@ -115,6 +120,8 @@ class OptimConfig:
     start_lr: float = 2e-4
     final_lr: float = 1e-6
     warmup: float = 0.1  # < 1: share of total steps; >= 1: steps
+    warmup_epochs: float = 0.0  # > 0: warmup length in epochs (overrides warmup)
+    blr: float = 0.0  # > 0: peak lr = blr * data.batch_size / 256 (MAE's scaling rule), overriding lr
     weight_decay: float = 0.04
     final_weight_decay: float = 0.4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -138,7 +145,8 @@ class TrainConfig:
     val_batches: int = 4
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
     compile: bool = False
-    resume: bool = True  # resume from out_dir/latest.pt when it exists
+    activation_checkpointing: bool = False  # recompute every block of the trained models in backward: less memory
+    resume: str = "auto"  # auto: resume out_dir's run | never: refuse a used folder | force: accept changed settings
     progress: bool = True
     probe_every: int = 0  # periodic linear probe on the labelled val split; 0 disables
 
@@ -304,7 +312,7 @@ def validate(cfg: DictConfig) -> None:
     if "objective" not in cfg:
         return
     from teachers.frozen import PRECISIONS
-    from usjepa.masks import MASK_PRESETS
+    from usjepa.masks import MASK_PRESETS, SAMPLERS
     from usjepa.models.vit import VIT_PRESETS
 
     _choice(cfg.objective.name, ("salt", "mae", "ema_jepa"), "objective.name")
@@ -312,9 +320,20 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.objective.target_norm, ("layernorm", "none"), "objective.target_norm")
     _choice(cfg.model.arch, tuple(VIT_PRESETS), "model.arch")
     _choice(cfg.model.attn_backend, ("auto", "xformers", "sdpa", "math"), "model.attn_backend")
+    _choice(cfg.model.pos_embed, ("sincos", "rope"), "model.pos_embed")
+    _choice(cfg.model.init, ("jepa", "mae"), "model.init")
+    if cfg.model.pos_embed == "rope":
+        _check_rope_heads(cfg, VIT_PRESETS)
     _choice(cfg.mask.preset, tuple(MASK_PRESETS) + ("custom",), "mask.preset")
+    _choice(cfg.mask.sampler, SAMPLERS, "mask.sampler")
     _choice(cfg.train.precision, ("auto", "bf16", "fp32"), "train.precision")
+    from usjepa.io.runfolder import resume_mode
+
+    cfg.train.resume = resume_mode(cfg.train.resume)  # true / false of older configs mean auto / never
     _choice(cfg.teacher.precision, PRECISIONS, "teacher.precision")
+    _choice(cfg.data.panes, PANES, "data.panes")
+    _choice(cfg.data.colour_frames, COLOUR_FRAMES, "data.colour_frames")
+    _check_data_source(cfg)
     if len(cfg.data.sim_lesion_size):
         from usjepa.data.phantom import check_lesion_size
 
@@ -322,6 +341,7 @@ def validate(cfg: DictConfig) -> None:
             check_lesion_size(list(cfg.data.sim_lesion_size))
         except ValueError as e:
             raise ConfigError(f"data.sim_lesion_size: {e}") from None
+    _check_data_recipe(cfg)
     if len(cfg.model.img_size) != 2:
         raise ConfigError(f"model.img_size must be [H, W], got {list(cfg.model.img_size)}")
     for i, s in enumerate(cfg.model.img_size):
@@ -347,6 +367,54 @@ def validate(cfg: DictConfig) -> None:
             "objective.name=salt needs a frozen teacher: set teacher.family (e.g. usjepa, mae, timm, dinov2) "
             "and teacher.checkpoint, or teacher.family=random for a smoke test"
         )
+
+
+def _check_data_recipe(cfg: DictConfig) -> None:
+    """Preprocessing, augmentation and crop choices, and the region they must leave to USrc masks."""
+    d = cfg.data
+    _choice(d.preprocess, ("none", "fan", "usjepa", "usrc"), "data.preprocess")
+    _choice(d.augment_policy, ("default", "usjepa", "trivial", "none"), "data.augment_policy")
+    for key in ("crop_scale", "crop_ratio"):
+        v = list(d[key])
+        if len(v) != 2 or not 0 < v[0] <= v[1] or (key == "crop_scale" and v[1] > 1):
+            raise ConfigError(f"data.{key} must be [lo, hi] with 0 < lo <= hi{' <= 1' if key == 'crop_scale' else ''}"
+                              f", got {v}")
+    if cfg.mask.region.enabled and d.preprocess == "usjepa":
+        raise ConfigError("mask.region.enabled=true needs the fan, which data.preprocess=usjepa drops (plain US-JEPA "
+                          "keeps the whole frame): use data.preprocess=usrc (USrc-JEPA: fan crop) or none")
+    if cfg.mask.region.enabled and d.region == "none":
+        raise ConfigError("mask.region.enabled=true needs fan masks: set data.region to auto, given or estimate")
+
+
+def _check_data_source(cfg: DictConfig) -> None:
+    """data.source is known; data.source=prepared points at finished shards of this config's stored-data settings."""
+    _choice(cfg.data.source, SOURCES, "data.source")
+    if cfg.data.max_side < 0:
+        raise ConfigError(f"data.max_side must be >= 0 (0: twice the larger model.img_size side), got "
+                          f"{cfg.data.max_side}")
+    if cfg.data.source == "prepared":
+        from usjepa.data.errors import DataError
+        from usjepa.data.shards import check_prepared
+
+        try:
+            check_prepared(cfg.data, cfg.model.img_size)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+
+
+def _check_rope_heads(cfg: DictConfig, presets: dict) -> None:
+    """2-D RoPE splits every head in two axes of rotated pairs: head dims must be multiples of 4."""
+    arch = presets.get(cfg.model.arch, {})
+    dim, heads = cfg.model.embed_dim or arch.get("embed_dim", 0), cfg.model.num_heads or arch.get("num_heads", 1)
+    m = cfg.objective.mae
+    parts = [("model", dim, heads, "model.embed_dim / model.num_heads")]
+    parts.append(("predictor", cfg.predictor.embed_dim, cfg.predictor.num_heads, "predictor.embed_dim / num_heads"))
+    if cfg.objective.name == "mae":
+        parts.append(("MAE decoder", m.decoder_dim, m.decoder_heads, "objective.mae.decoder_dim / decoder_heads"))
+    for name, d, h, keys in parts:
+        if h and d % h == 0 and (d // h) % 4:
+            raise ConfigError(f"model.pos_embed=rope needs head dims divisible by 4: the {name} has {d} / {h} = "
+                              f"{d // h}; change {keys} or use model.pos_embed=sincos")
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -379,20 +447,13 @@ def package_versions() -> dict:
 
 
 def save_run_config(cfg: DictConfig, run_dir: str | Path) -> None:
-    """Write the resolved config, git commit + diff and package versions beside the run (atomically)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    info = git_info()
-    _atomic_write(run_dir / "git_diff.patch", info.pop("dirty_diff"))
-    meta = {"git": info, "versions": package_versions(), "argv": sys.argv, "host": platform.node()}
-    _atomic_write(run_dir / "env.json", json.dumps(meta, indent=2))
+    """Write the resolved config, git commit + diff and package versions beside the run (atomically).
 
+    A training config is refused when the folder holds a run with other settings (see usjepa.io.runfolder).
+    """
+    from usjepa.io.runfolder import RunFolder
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    RunFolder(run_dir).write_config(cfg)
 
 
 def to_dict(cfg: DictConfig) -> dict:

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from usjepa.data.config import SOURCES
 from usjepa.data.dataset import UltrasoundDataset, resolve_labels
 from usjepa.data.errors import DataError
 from usjepa.data.sources import read_manifest, read_ultrabench, scan_folder
 from usjepa.data.splits import SPLITS, apply_groups, check_patient_leakage, make_group_splits, require_groups
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("simulate", "folder", "manifest", "dicom", "video", "ultrabench")
 
 
 def cache_dir() -> Path:
@@ -77,6 +76,11 @@ def load_table(cfg) -> pd.DataFrame:
         return read_manifest(path, cfg.root if cfg.manifest else "", **kw)
     if not cfg.root:
         raise DataError(f"data.source={src} needs data.root (the folder to read)")
+    if src == "prepared":  # the shards' item table (settings checked by build_dataset / config validation)
+        from usjepa.data.shards import INDEX, read_meta
+
+        read_meta(cfg.root)
+        return pd.read_parquet(Path(cfg.root) / INDEX)
     if src == "ultrabench":
         return read_ultrabench(cfg.root, seed=cfg.seed, groups=cfg.groups)
     kinds = {"folder": {"image", "dicom", "video"}, "dicom": {"dicom"}, "video": {"video"}}.get(src)
@@ -90,18 +94,21 @@ def load_table(cfg) -> pd.DataFrame:
                        **kw)
 
 
-def _has_labels(df: pd.DataFrame, cfg) -> bool:
-    """Whether any item carries a class label or a task column value (not just the neutral -1 default)."""
-    if cfg.task in df.columns and df[cfg.task].notna().any():
+def has_labels(df: pd.DataFrame, task: str) -> bool:
+    """Whether the table carries a class label or a regression target for `task` (placeholder columns do not count)."""
+    labels, names, targets = resolve_labels(df, task)
+    if np.isfinite(targets).any():
         return True
-    if "label_name" in df.columns and (df["label_name"].fillna("").astype(str) != "").any():
-        return True
-    return "label" in df.columns and bool((pd.to_numeric(df["label"], errors="coerce").fillna(-1) >= 0).any())
+    return labels is not None and bool((labels >= 0).any()) and names != ["unknown"]  # "unknown": a filled default
 
 
 def assign_splits(df: pd.DataFrame, cfg, where: str) -> pd.DataFrame:
-    """Keep given splits (after the leakage check); otherwise split labelled data by patient / group (refused when the
-    items have none, unless data.groups=none), unlabelled all 'train'. See usjepa.data.splits."""
+    """Keep given splits (after the leakage check); otherwise split labelled data by patient / group
+    (data.split_fractions; refused when the items have no group, unless data.groups=none). See usjepa.data.splits.
+
+    Unlabelled data (a folder of images for pretraining) is all 'train': nothing is set aside for probe val/test
+    splits it cannot serve; the trainer holds out only what validation asks for (train.val_fraction).
+    """
     df = apply_groups(df, cfg.groups, where)
     given = df["split"].astype(str)
     has = df["patient_given"].to_numpy(bool) if "patient_given" in df else np.ones(len(df), bool)
@@ -113,16 +120,20 @@ def assign_splits(df: pd.DataFrame, cfg, where: str) -> pd.DataFrame:
         check_patient_leakage(df["patient_id"].where(has, "").tolist(), given.tolist(), where, df["path"].tolist(),
                               df["frame"].tolist())
         return df
-    labelled = any(c in df.columns for c in ("label", "label_name")) or cfg.task in df.columns
     df = df.copy()
-    if labelled:
+    if has_labels(df, cfg.task):  # a split that a probe or evaluation will read: groups must stay whole
+        require_groups(bool(has.all()), cfg.groups, where, f"the {list(cfg.split_fractions)} train/val/test split")
         df["split"] = make_group_splits(df["patient_id"].tolist(), tuple(cfg.split_fractions), cfg.seed)
-        if _has_labels(df, cfg):  # a split that a probe or evaluation will read: groups must stay whole
-            require_groups(bool(has.all()), cfg.groups, where, f"the {list(cfg.split_fractions)} train/val/test split")
-            check_patient_leakage(df["patient_id"].tolist(), df["split"].tolist(), where, df["path"].tolist(),
-                                  df["frame"].tolist())
+        check_patient_leakage(df["patient_id"].tolist(), df["split"].tolist(), where, df["path"].tolist(),
+                              df["frame"].tolist())
+        counts = df["split"].value_counts()
+        log.info("%s: labelled, no split column: split by patient %s -> %s", where,
+                 "/".join(f"{float(f):g}" for f in cfg.split_fractions),
+                 ", ".join(f"{k} {int(counts.get(k, 0))}" for k in SPLITS))
     else:
         df["split"] = "train"
+        log.info("%s: %d unlabelled items, all in 'train' (no val/test split is set aside for unlabelled data)",
+                 where, len(df))
     return df
 
 
@@ -132,6 +143,10 @@ def build_dataset(cfg, split: str | None, img_size: tuple[int, int], augment: bo
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got '{split}'")
     where = cfg.manifest or cfg.root or str(simulated_root(cfg))
+    if cfg.source == "prepared":
+        from usjepa.data.shards import check_prepared
+
+        check_prepared(cfg, img_size)
     df = assign_splits(load_table(cfg), cfg, f"data ({cfg.source}: {where})")
     labels, names, targets = resolve_labels(df, cfg.task)
     df = df.assign(_label=labels if labels is not None else -1, _target=targets)
@@ -141,4 +156,8 @@ def build_dataset(cfg, split: str | None, img_size: tuple[int, int], augment: bo
         if df.empty:
             raise DataError(f"split '{split}' of {where} is empty (splits present: {avail}); use split=None or add "
                             "a split column")
+    if cfg.source == "prepared":
+        from usjepa.data.prepared import PreparedDataset
+
+        return PreparedDataset(df, cfg, tuple(img_size), augment, cfg.root, seed, names)
     return UltrasoundDataset(df, cfg, tuple(img_size), augment, seed, cfg.source, names)

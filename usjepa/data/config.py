@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+PANES = ("split", "whole")  # data.panes
+COLOUR_FRAMES = ("skip", "gray", "keep")  # data.colour_frames
+SOURCES = ("simulate", "folder", "manifest", "dicom", "video", "ultrabench", "prepared")  # data.source
+
 
 @dataclass
 class DataConfig:
-    source: str = "simulate"  # simulate | folder | manifest | dicom | video | ultrabench
-    root: str = ""  # folder / UltraBench root / simulated dataset dir (generated there when missing)
+    source: str = "simulate"  # simulate | folder | manifest | dicom | video | ultrabench | prepared (shards)
+    root: str = ""  # folder / UltraBench root / simulated dataset dir (generated there when missing) / shard folder
     manifest: str = ""  # CSV or Parquet manifest
     task: str = "lesion"  # simulator task, or the label column for labelled sources ("folder": sub-folder names)
     num_images: int = 512  # simulator: images to generate when root is empty
@@ -16,19 +20,27 @@ class DataConfig:
     batch_size: int = 32
     num_workers: int = 0
     channels: int = 1  # images leave the pipeline with 1 or 3 channels, floats in [0, 1]
-    preprocess: str = "none"  # none | fan (crop to fan, remove overlays) | usjepa (fan + 2-98 percentile rescale)
+    # none | fan (crop to the fan, clear outside it) | usjepa (whole frame: gray, small colour marks inpainted,
+    # 2-98 percentile rescale with percentiles from inside the fan) | usrc (fan + the usjepa rescale; USrc-JEPA)
+    preprocess: str = "none"
     augment: bool = True
     crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])  # random-resized-crop aspect w / h
     bad_item_threshold: float = 0.05  # stop with an error when more than this share of items is bad
     # --- region (fan) mask and geometry
     region: str = "auto"  # auto (mask files, else estimated) | given (mask files only) | estimate | none (all True)
     resize: str = "pad"  # pad (keep aspect, zero pad) | squash, for un-augmented views
-    augment_policy: str = "default"  # default (jitter + blur + speckle) | trivial (TrivialAugment-style) | none
+    # default (gain/contrast/gamma jitter + blur + speckle) | usjepa (contrast, blur, speckle: the paper's list)
+    # | trivial (TrivialAugment-style) | none (geometry only: V-JEPA / SALT, MAE)
+    augment_policy: str = "default"
     hflip: float = 0.5
     vflip: float = 0.0
     # --- sources
     frame_stride: int = 1  # DICOM cine / video: keep every n-th frame
     max_frames: int = 0  # DICOM cine / video: at most this many frames per file, evenly spread (0 = all)
+    panes: str = "split"  # multi-pane exports: split (each pane is an item with its own region) | whole (one item)
+    colour_frames: str = "skip"  # colour / power Doppler frames: skip (reported) | gray (colour inpainted) | keep
+    max_side: int = 0  # `usjepa data prepare`: longer side of stored frames (0 = twice the larger model.img_size side)
     patient_regex: str = ""  # folder sources: regex on the relative path whose group 1 is the patient id
     groups: str = "auto"  # kept whole by splits: auto (patient, else video/study id) | none (each file) | a column
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # when the source has no splits

@@ -16,8 +16,9 @@ import torch
 from omegaconf import OmegaConf
 
 from usjepa.data.errors import BadItem, DataError
+from usjepa.data.panes import PaneView, expand_items, views_of
 from usjepa.data.phantom import LESIONS, ORGANS
-from usjepa.data.preprocess import estimate_fan_mask, percentile_rescale, region_bbox, remove_overlays, to_gray
+from usjepa.data.preprocess import percentile_rescale, region_bbox, remove_overlays, to_gray
 from usjepa.data.sources import decode, read_mask
 from usjepa.data.transforms import augment_geometry, photometric, resize_full
 
@@ -72,12 +73,55 @@ def resolve_labels(df: pd.DataFrame, task: str) -> tuple[np.ndarray | None, list
     return np.asarray([lut.get(v, -1) for v in s], np.int64), names, targets
 
 
+def item_region(img: np.ndarray, mask_path: str, view: PaneView, mode: str, path: str = "") -> np.ndarray | None:
+    """An item's region (fan) mask per data.region: its mask file (auto / given), else estimated for its pane
+    (auto / estimate); None for data.region=none or given without a file."""
+    if mode == "none":
+        return None
+    if mask_path and mode in ("auto", "given"):
+        try:
+            m = read_mask(mask_path)
+        except Exception as e:
+            raise BadItem(f"bad mask {mask_path}: {e}", path) from e
+        if m.shape != img.shape[:2]:
+            from PIL import Image
+
+            m = np.asarray(Image.fromarray(m.astype(np.uint8)).resize(img.shape[1::-1], Image.NEAREST)) > 0
+        return m
+    if mode in ("auto", "estimate"):
+        return view.region(img)  # its pane's region, or the union of the frame's panes
+    if mode == "given":
+        return None
+    raise ValueError(f"data.region must be auto, given, estimate or none, got '{mode}'")
+
+
+def preprocess_frame(img: np.ndarray, region: np.ndarray | None, preprocess: str, channels: int
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """data.preprocess on a decoded item: (image float32 [H, W] or [H, W, 3], region or None: whole frame)."""
+    if preprocess in ("fan", "usrc"):
+        img = remove_overlays(img, region)  # gray, overlays outside the fan zeroed, colour marks inpainted
+        if region is not None:
+            t, b, lft, r = region_bbox(region)
+            img, region = img[t:b, lft:r], region[t:b, lft:r]
+        if preprocess == "usrc":
+            img = percentile_rescale(img, region)
+    elif preprocess == "usjepa":  # plain US-JEPA keeps the whole frame; the fan only sets the percentiles
+        img = percentile_rescale(remove_overlays(img, None), region, keep_outside=True)
+        region = None  # crops, flips and photometric ops act on the whole frame
+    elif preprocess != "none":
+        raise ValueError(f"data.preprocess must be none, fan, usjepa or usrc, got '{preprocess}'")
+    if channels == 1 and img.ndim == 3:
+        img = to_gray(img)
+    return img, region
+
+
 class UltrasoundDataset(torch.utils.data.Dataset):
     """Items of a normalised source table (see usjepa.data.sources.COLUMNS) through the configured pipeline."""
 
     def __init__(self, table: pd.DataFrame, cfg, img_size: tuple[int, int], augment: bool, seed: int = 0,
                  source: str = "", class_names: list[str] | None = None):
-        self.table = table.reset_index(drop=True)
+        self.table, self.skipped = expand_items(table, cfg, source)  # one row per pane; Doppler per colour_frames
+        self._views = views_of(self.table)
         # a plain namespace: per-item attribute reads on an OmegaConf node cost ~1 ms per item
         self.cfg = SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True)) if OmegaConf.is_config(cfg) else cfg
         self.img_size = (int(img_size[0]), int(img_size[1]))
@@ -120,49 +164,34 @@ class UltrasoundDataset(torch.utils.data.Dataset):
     def bad_report(self) -> list[dict]:
         """Every item found bad so far (in this process or its DataLoader workers): index, path, reason."""
         idx = torch.nonzero(self._status > 0).flatten().tolist()
-        return [{"index": i, "path": self.paths[i], "reason": REASONS[int(self._status[i])]} for i in idx]
+        return list(self.skipped) + [{"index": i, "path": self.paths[i], "reason": REASONS[int(self._status[i])]}
+                                     for i in idx]
 
     # ------------------------------------------------------------------ pipeline
     def _region(self, idx: int, img: np.ndarray) -> np.ndarray | None:
-        mode = self.cfg.region
-        if mode == "none":
-            return None
-        mpath = self._masks[idx]
-        if mpath and mode in ("auto", "given"):
-            try:
-                m = read_mask(mpath)
-            except Exception as e:
-                raise BadItem(f"bad mask {mpath}: {e}", self.paths[idx]) from e
-            if m.shape != img.shape[:2]:
-                from PIL import Image
+        return item_region(img, self._masks[idx], self._views[idx], self.cfg.region, self.paths[idx])
 
-                m = np.asarray(Image.fromarray(m.astype(np.uint8)).resize(img.shape[1::-1], Image.NEAREST)) > 0
-            return m
-        if mode in ("auto", "estimate"):
-            return estimate_fan_mask(img)
-        if mode == "given":
-            return None
-        raise ValueError(f"data.region must be auto, given, estimate or none, got '{mode}'")
+    def source_view(self, idx: int, max_side: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The item's pixels before preprocessing (decoded, cut to its pane, Doppler colour per data.colour_frames)
+        and its region mask (None for data.region=none); `max_side` 0 decodes at full resolution."""
+        side = 2 * max(self.img_size) if max_side is None else max_side
+        img = decode(self.paths[idx], self._kinds[idx], int(self._frames[idx]), max_side=side)
+        img = self._views[idx].cut(img, getattr(self.cfg, "colour_frames", "skip"))
+        return img, self._region(idx, img)
+
+    def preprocessed(self, idx: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The item after preprocessing, before geometry and augmentation (what `usjepa data prepare` stores)."""
+        img, region = self.source_view(idx)
+        return preprocess_frame(img, region, self.cfg.preprocess, self.cfg.channels)
 
     def load(self, idx: int, rng: np.random.Generator | None = None) -> dict:
         """The item's tensors; raises BadItem for unreadable input."""
         cfg = self.cfg
-        img = decode(self.paths[idx], self._kinds[idx], int(self._frames[idx]), max_side=2 * max(self.img_size))
-        region = self._region(idx, img)
-        if cfg.preprocess in ("fan", "usjepa"):
-            img = remove_overlays(img, region)  # gray, overlays outside the fan zeroed, colour marks inpainted
-            if region is not None:
-                t, b, lft, r = region_bbox(region)
-                img, region = img[t:b, lft:r], region[t:b, lft:r]
-            if cfg.preprocess == "usjepa":
-                img = percentile_rescale(img, region)
-        elif cfg.preprocess != "none":
-            raise ValueError(f"data.preprocess must be none, fan or usjepa, got '{cfg.preprocess}'")
-        if cfg.channels == 1 and img.ndim == 3:
-            img = to_gray(img)
+        img, region = self.preprocessed(idx)
         reg = region if region is not None else np.ones(img.shape[:2], bool)
         if rng is not None:
-            img, reg = augment_geometry(img, reg, rng, self.img_size, tuple(cfg.crop_scale), cfg.hflip, cfg.vflip)
+            img, reg = augment_geometry(img, reg, rng, self.img_size, tuple(cfg.crop_scale), cfg.hflip, cfg.vflip,
+                                        ratio=tuple(getattr(cfg, "crop_ratio", (3 / 4, 4 / 3))))
             img = photometric(img, reg if region is not None else np.ones_like(reg), rng, cfg.augment_policy)
         else:
             img, reg = resize_full(img, reg, self.img_size, cfg.resize)

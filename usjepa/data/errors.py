@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from usjepa.errors import UsjepaError
 
-class DataError(RuntimeError):
+
+class DataError(UsjepaError, RuntimeError):
     """The data cannot be used as configured (too many bad items, leaking splits, a broken manifest...)."""
 
 

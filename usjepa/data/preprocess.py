@@ -77,7 +77,13 @@ def estimate_fan_mask(img: np.ndarray, threshold: float = 8 / 255, max_side: int
         return np.ones((h, w), bool)  # nothing stands out: treat the whole frame as signal
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
-    comp = lab == int(sizes.argmax())
+    return component_region(lab == int(sizes.argmax()), scale, (h, w), hull)
+
+
+def component_region(comp: np.ndarray, scale: float, shape: tuple[int, int], hull: bool = True) -> np.ndarray:
+    """A scan region found as one component on a copy scaled by `scale` -> bool mask of `shape` (full resolution):
+    holes filled, convex hull drawn at full resolution, the concave top arc of curvilinear probes kept open."""
+    h, w = shape
     comp = _fill_holes(comp)
     verts = _hull_vertices(comp) if hull else None
     if verts is not None:  # draw the hull at full resolution: exact edges even when estimated on a smaller copy
@@ -135,11 +141,13 @@ def remove_overlays(img: np.ndarray, region: np.ndarray | None, max_marks: float
     return gray
 
 
-def percentile_rescale(gray: np.ndarray, region: np.ndarray | None, lo: float = 2.0, hi: float = 98.0) -> np.ndarray:
-    """Map the lo-th..hi-th percentiles of the pixels inside the region to 0..1 (clipped); outside stays 0."""
+def percentile_rescale(gray: np.ndarray, region: np.ndarray | None, lo: float = 2.0, hi: float = 98.0,
+                       keep_outside: bool = False) -> np.ndarray:
+    """Map the lo-th..hi-th percentiles of the pixels inside the region to 0..1 (clipped); outside the region
+    becomes 0, or (keep_outside: plain US-JEPA keeps the whole frame) goes through the same mapping."""
     vals = gray[region] if region is not None and region.any() else gray.ravel()
     if vals.size > 65536:  # percentiles of a strided subsample are as good and much cheaper
         vals = vals[:: vals.size // 65536 + 1]
     a, b = np.percentile(vals, [lo, hi])
     out = np.clip((gray - a) / max(float(b - a), 1e-6), 0.0, 1.0).astype(np.float32)
-    return np.where(region, out, 0.0).astype(np.float32) if region is not None else out
+    return np.where(region, out, 0.0).astype(np.float32) if region is not None and not keep_outside else out

@@ -141,18 +141,15 @@ def simulate_dataset(out_dir: str | os.PathLike, n: int, task: str = "lesion", s
     (out / "masks").mkdir(parents=True, exist_ok=True)
     jobs = [(seed, p, frames[p], task, lesions[p], organs[p], hw, probe, dress_prob, out / "images", out / "masks",
              lesion_size) for p in range(n_pat)]
-    if workers > 1:
-        import multiprocessing as mp
+    if workers > 1:  # workers that never depend on SIGTERM, and an error instead of a hang (see data/pool.py)
+        from usjepa.data.pool import starmap_bounded
 
-        with mp.get_context("fork" if os.name == "posix" else "spawn").Pool(workers) as pool:
-            results = pool.starmap(_patient, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+        results = starmap_bounded(_patient, jobs, min(workers, len(jobs)), what=f"simulating into {out}")
     else:
-        it = jobs
-        if progress:
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            it = tqdm(jobs, desc="simulate", unit="patient")
-        results = [_patient(*j) for j in it]
+        with tqdm(jobs, desc="simulate", unit="patient", disable=not progress) as it:
+            results = [_patient(*j) for j in it]
     df = pd.DataFrame([r for rows in results for r in rows])
     col, names, target = TASKS[task]
     df["label"] = [names.index(v) for v in df[col]]
@@ -214,12 +211,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    from usjepa.errors import UsjepaError
+
     try:
         path = simulate_dataset(args.out, args.n, args.task, args.seed, args.size, args.frames_per_patient, args.probe,
                                 args.dress_prob, tuple(args.split), args.workers, progress=True,
                                 lesion_size=args.lesion_size)
-    except (ValueError, FileExistsError) as e:
-        print(f"usjepa simulate: {e}")
-        return 2
+    except ValueError as e:  # an argument out of range: the CLI prints it as one `error:` line
+        raise UsjepaError(f"usjepa simulate: {e}") from None
     print(f"wrote {args.n} frames and {path}")
     return 0

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from usjepa.data.dicom_checks import dicom_patients, dicom_pixel_frames
 from usjepa.data.errors import BadItem, DataError
 
 log = logging.getLogger(__name__)
@@ -63,15 +64,28 @@ def _finish(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 
 def _expand_frames(df: pd.DataFrame, stride: int, max_frames: int) -> pd.DataFrame:
-    """One row per sampled frame of every DICOM / video row whose frame is -1."""
+    """One row per sampled frame of every DICOM / video row whose frame is -1.
+
+    A DICOM whose pixel data holds fewer frames than its header declares is sampled over the frames it holds, plus
+    one row for its first missing frame, so the disagreement shows once in the bad-item report (not once per frame).
+    """
     rows = []
     for rec in df.to_dict("records"):
         if rec["kind"] in ("dicom", "video") and int(rec["frame"]) < 0:
             n = count_frames(rec["path"], rec["kind"])
-            idx = sample_frames(n, stride, max_frames)
+            held = dicom_pixel_frames(rec["path"], n) if rec["kind"] == "dicom" and n > 0 else None
+            usable = n if held is None else min(n, held)
+            idx = sample_frames(usable, stride, max_frames)
             rows.extend({**rec, "frame": int(i)} for i in idx)
             if n == 0:  # unreadable header: keep one row, so it is reported as bad when read
                 rows.append({**rec, "frame": 0})
+            elif usable < n:  # the header promises frames that are not there: one row to report it
+                log.warning("%s: the header declares %d frames (NumberOfFrames) but the pixel data holds %d; using "
+                            "those %d", rec["path"], n, held, held)
+                rows.append({**rec, "frame": usable})
+            elif held is not None and held > n:
+                log.warning("%s: the pixel data holds %d frames but the header declares %d (NumberOfFrames); reading "
+                            "%d", rec["path"], held, n, n)
         else:
             rows.append(rec)
     return pd.DataFrame(rows, columns=df.columns)
@@ -122,24 +136,14 @@ def scan_folder(root: str, kinds: set[str], label_from_folder: bool = False, pat
         pat = re.compile(patient_regex)
         df["patient_id"] = [(m.group(1) if (m := pat.search(r)) else None) for r in rel]
     else:
-        df["patient_id"] = [_dicom_patient(f) if k == "dicom" else None for f, k in zip(files, df["kind"], strict=True)]
-    if label_from_folder:
-        df["label_name"] = [r.split(os.sep)[0] if os.sep in r else "" for r in rel]
+        df["patient_id"] = dicom_patients(files, df["kind"].tolist())
+    if label_from_folder:  # class = first sub-folder; label = its index among the sorted class names
+        names = [r.split(os.sep)[0] if os.sep in r else "" for r in rel]
+        classes = sorted({n for n in names if n})
+        df["label_name"] = names
+        df["label"] = [classes.index(n) if n else -1 for n in names]
     df = _finish(df, base.name)
     return _expand_frames(df, stride, max_frames)
-
-
-def _dicom_patient(path: str) -> str | None:
-    """PatientID, else the StudyInstanceUID (anonymised exports often blank the first and keep the second)."""
-    try:
-        import pydicom
-
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "StudyInstanceUID"])
-        pid = str(ds.get("PatientID", "") or "").strip()
-        study = str(ds.get("StudyInstanceUID", "") or "").strip()
-        return pid or (f"study:{study}" if study else None)
-    except Exception:
-        return None
 
 
 def read_manifest(path: str, root: str = "", stride: int = 1, max_frames: int = 0) -> pd.DataFrame:
@@ -286,10 +290,15 @@ def read_dicom(path: str, frame: int = 0) -> np.ndarray:
     """One frame of a (multi-frame) DICOM: MONOCHROME1 inverted, YBR converted to RGB -> float32 in [0, 1]."""
     from pydicom.pixels import pixel_array
 
-    hdr = _dicom_header(path, os.path.getmtime(path))
+    mtime = os.path.getmtime(path)
+    hdr = _dicom_header(path, mtime)
     n = int(getattr(hdr, "NumberOfFrames", 1) or 1)
     if not 0 <= frame < n:
         raise BadItem(f"frame {frame} out of range (file has {n})", path)
+    held = dicom_pixel_frames(path, n)
+    if held is not None and frame >= held:
+        raise BadItem(f"frame {frame} out of range: the header declares {n} frames (NumberOfFrames) but the pixel "
+                      f"data holds {held}", path)
     arr = pixel_array(path, index=frame if n > 1 else None)
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4) and n == 1:
         arr = arr[0]

@@ -135,33 +135,37 @@ TRIVIAL_OPS = (identity, gain, contrast, gamma, blur, sharpen, speckle, noise)
 
 def photometric(img: np.ndarray, region: np.ndarray, rng: np.random.Generator, policy: str = "default"
                 ) -> np.ndarray:
-    """'default': jitter gain/contrast/gamma (p=0.8), blur (p=0.3), speckle (p=0.3); 'trivial': one op of
+    """'default': jitter gain/contrast/gamma (p=0.8), blur (p=0.3), speckle (p=0.3); 'usjepa': the paper's list
+    only, contrast (p=0.8), blur (p=0.3), speckle (p=0.3) (it gives no parameters: ours); 'trivial': one op of
     TRIVIAL_OPS with a uniform magnitude (TrivialAugment); 'none': nothing. Clipped to [0, 1], zero outside region."""
     if policy == "none":
         return img
     if policy == "trivial":
         op = TRIVIAL_OPS[int(rng.integers(len(TRIVIAL_OPS)))]
         out = op(img, region, rng, rng.uniform(0, 1))
-    elif policy == "default":
+    elif policy in ("default", "usjepa"):
         out = img
         if rng.random() < 0.8:
-            out = gamma(contrast(gain(out, region, rng, 0.5), region, rng, 0.5), region, rng, 0.5)
+            if policy == "default":
+                out = gamma(contrast(gain(out, region, rng, 0.5), region, rng, 0.5), region, rng, 0.5)
+            else:
+                out = contrast(out, region, rng, 0.5)
         if rng.random() < 0.3:
             out = blur(out, region, rng, 0.5)
         if rng.random() < 0.3:
             out = speckle(out, region, rng, 0.5)
     else:
-        raise ValueError(f"data.augment_policy must be 'default', 'trivial' or 'none', got '{policy}'")
+        raise ValueError(f"data.augment_policy must be 'default', 'usjepa', 'trivial' or 'none', got '{policy}'")
     out = np.clip(out, 0.0, 1.0).astype(np.float32)
     return np.where(region if out.ndim == 2 else region[..., None], out, 0.0).astype(np.float32) \
         if not region.all() else out
 
 
 def augment_geometry(img: np.ndarray, region: np.ndarray, rng: np.random.Generator, size: tuple[int, int],
-                     scale: tuple[float, float], hflip: float = 0.5, vflip: float = 0.0
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Fan-constrained random resized crop to size (H, W), then flips."""
-    box = sample_crop(rng, region, tuple(scale), out_aspect=size[1] / size[0])
+                     scale: tuple[float, float], hflip: float = 0.5, vflip: float = 0.0,
+                     ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[np.ndarray, np.ndarray]:
+    """Fan-constrained random resized crop to size (H, W) (aspect `ratio`, width / height), then flips."""
+    box = sample_crop(rng, region, tuple(scale), tuple(ratio), out_aspect=size[1] / size[0])
     img, region = crop_resize(img, region, box, size)
     if rng.random() < hflip:
         img, region = img[:, ::-1], region[:, ::-1]

@@ -15,7 +15,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 from launch.config import LaunchConfig
 from teachers.config import TeacherConfig
-from usjepa.data.config import DataConfig
+from usjepa.data.config import COLOUR_FRAMES, PANES, DataConfig
 
 ENCODER_KINDS = ("student", "mae", "teacher", "timm", "random")
 POOLINGS = ("mean", "cls", "cls+mean")
@@ -195,6 +195,9 @@ def validate_probe_config(cfg: DictConfig) -> None:
             raise ConfigError(_close(d.label_kind, LABEL_KINDS, f"datasets.{name}.label_kind"))
         if not d.splits.train:
             raise ConfigError(f"datasets.{name}.splits.train is empty; name the training split")
+        for key, choices in (("panes", PANES), ("colour_frames", COLOUR_FRAMES)):
+            if d.data[key] not in choices:
+                raise ConfigError(_close(d.data[key], choices, f"datasets.{name}.data.{key}"))
         for part, size in (("val", d.val_size), ("test", d.test_size)):
             if not getattr(d.splits, part) and size <= 0:
                 raise ConfigError(f"datasets.{name}.splits.{part} is empty and datasets.{name}.{part}_size is 0: "

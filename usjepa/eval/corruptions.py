@@ -66,24 +66,28 @@ def contrast_depletion(images: Tensor, region: Tensor | None, severity: int, see
     return out.clamp(0, 1)
 
 
-def correlated_speckle(images: Tensor, region: Tensor | None, severity: int, seeds: Tensor | None = None) -> Tensor:
-    """I' = I (1 + eta): Gaussian noise smoothed by a kernel growing with severity, rescaled to std 0.35 * severity.
+def speckle_kernel(severity: int) -> tuple[float, int]:
+    """(sigma, size) of the Gaussian that correlates the speckle noise: sigma = 0.5 * severity px,
+    size 2 * ceil(2 sigma) + 1. The paper says only that the kernel grows with severity; this one is ours."""
+    sigma = 0.5 * severity
+    return sigma, 2 * math.ceil(2 * sigma) + 1
 
-    The smoothing (Gaussian, sigma = 0.5 * severity px, size 2*ceil(2 sigma)+1) is our choice; the paper
-    gives none. The noise is shared across channels (one tissue, one speckle pattern).
+
+def correlated_speckle(images: Tensor, region: Tensor | None, severity: int, seeds: Tensor | None = None) -> Tensor:
+    """I' = I (1 + eta * K): eta ~ N(0, (0.35 severity)^2) per pixel, then smoothed by the kernel K of
+    `speckle_kernel` (US-JEPA's formula as written: the smoothing lowers the noise's spread; nothing rescales it).
+
+    The noise is shared across channels (one tissue, one speckle pattern); pixels outside the region are unchanged.
     """
     b, c, h, w = images.shape
     std = 0.35 * severity
-    sm_sigma = 0.5 * severity
-    size = 2 * math.ceil(2 * sm_sigma) + 1
+    sm_sigma, size = speckle_kernel(severity)
     seeds = torch.arange(b) if seeds is None else seeds
     noise = torch.empty(b, 1, h, w)
     for i in range(b):
         g = torch.Generator().manual_seed(int(seeds[i]))
-        noise[i] = torch.randn(1, h, w, generator=g)
-    noise = separable_blur(noise, sm_sigma, size)
-    noise = noise / noise.flatten(1).std(dim=1).clamp_min(1e-8).view(b, 1, 1, 1) * std
-    noise = noise.to(images.device, images.dtype)
+        noise[i] = torch.randn(1, h, w, generator=g) * std
+    noise = separable_blur(noise, sm_sigma, size).to(images.device, images.dtype)
     reg = _region(images, region).unsqueeze(1)  # [B, 1, H, W]
     out = torch.where(reg, images * (1 + noise), images)
     return out.clamp(0, 1)

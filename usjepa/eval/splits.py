@@ -9,14 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from usjepa.data.splits import SplitLeakageError, carve, check_no_leakage, label_codes
+from usjepa.errors import UsjepaError
 
-PatientLeakageError = SplitLeakageError  # the probe API's name for the same error
+PatientLeakageError = SplitLeakageError  # the probe API's name for the same error (a DataError, so a UsjepaError)
 
 __all__ = ["DegenerateSplitError", "PatientLeakageError", "cap_indices", "carve", "check_classes", "check_no_leakage",
            "few_shot_rows"]
 
 
-class DegenerateSplitError(ValueError):
+class DegenerateSplitError(UsjepaError, ValueError):
     """A classification split with fewer than two classes: macro-F1 on it would be meaningless (100 for free)."""
 
 

@@ -1,9 +1,16 @@
-"""Masks are index sets, not modules: samplers for the published recipes and a seeded batch collator."""
+"""Masks are index sets, not modules: samplers for the published recipes and a seeded batch collator.
+
+`mask.sampler=reference` (default) reproduces the reference collators (I-JEPA for the usjepa / ijepa / custom
+presets, V-JEPA for salt, MAE for random); `per_sample` draws every image's blocks on their own and pads.
+"""
 
 from __future__ import annotations
 
-from usjepa.masks.collator import MaskBatch, MaskCollator, collate_masks, patch_validity
+from usjepa.masks.collator import MaskBatch, MaskCollator, PerSampleSampler, collate_masks, patch_validity
 from usjepa.masks.multiblock import ComplementMasker, MultiBlockMasker, RandomMasker
+from usjepa.masks.reference import IJepaMultiBlock, MAERandom, VJepaMultiBlock
+
+SAMPLERS = ("reference", "per_sample")
 
 # the published recipes (method.md): US-JEPA / I-JEPA multi-block, SALT / V-JEPA long-short complement, MAE random
 MASK_PRESETS: dict[str, dict] = {
@@ -31,7 +38,7 @@ MASK_PRESETS: dict[str, dict] = {
 
 
 def build_masker(mask_cfg, grid: tuple[int, int]):
-    """A sampler for the `mask:` config section on a patch grid."""
+    """The batch sampler for the `mask:` config section on a patch grid: `sampler(seeds, valid) -> [MaskBatch]`."""
     region = mask_cfg.region
     tau = int(region.tau) if region.enabled else 1
     if mask_cfg.preset == "custom":
@@ -47,17 +54,25 @@ def build_masker(mask_cfg, grid: tuple[int, int]):
     else:
         p = dict(MASK_PRESETS[mask_cfg.preset])
     kind = p.pop("kind")
+    reference = getattr(mask_cfg, "sampler", "reference") == "reference"
     if kind == "multiblock":
-        return MultiBlockMasker(
-            grid=grid, allow_overlap=mask_cfg.allow_overlap, tau=tau, max_tries=region.max_tries, **p
-        )
-    if kind == "complement":
-        return ComplementMasker(grid=grid, tau=tau, max_tries=region.max_tries, **p)
-    return RandomMasker(grid=grid, ratio=mask_cfg.random_ratio)
+        cls = IJepaMultiBlock if reference else MultiBlockMasker
+        masker = cls(grid=grid, allow_overlap=mask_cfg.allow_overlap, tau=tau, max_tries=region.max_tries, **p)
+    elif kind == "complement":
+        cls = VJepaMultiBlock if reference else ComplementMasker
+        masker = cls(grid=grid, tau=tau, max_tries=region.max_tries, **p)
+    else:
+        masker = (MAERandom if reference else RandomMasker)(grid=grid, ratio=mask_cfg.random_ratio)
+    return masker if reference else PerSampleSampler(masker)
 
 
 __all__ = [
     "MASK_PRESETS",
+    "SAMPLERS",
+    "IJepaMultiBlock",
+    "VJepaMultiBlock",
+    "MAERandom",
+    "PerSampleSampler",
     "MaskBatch",
     "MaskCollator",
     "MultiBlockMasker",

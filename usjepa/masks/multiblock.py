@@ -1,4 +1,7 @@
-"""Mask samplers: index sets over the patch grid, drawn per sample from a seeded generator.
+"""Per-sample mask samplers (`mask.sampler=per_sample`): index sets drawn per image from its own generator.
+
+Unlike the reference collators (`usjepa.masks.reference`), every block of every image draws its own scale and
+log-uniform aspect, blocks may touch every edge, and nothing is truncated (the collator pads instead).
 
 A sampler returns, for one image, a list of *mask pairs*; each pair is a context index set (what the
 student sees) and a list of target index sets (what the predictor must predict). Index sets are
@@ -55,6 +58,7 @@ class MultiBlockMasker:
     allow_overlap: bool = False
     tau: int = 1
     max_tries: int = 20
+    num_pairs = 1
 
     @property
     def min_context(self) -> int:
@@ -102,6 +106,10 @@ class ComplementMasker:
     tau: int = 1
     max_tries: int = 20
 
+    @property
+    def num_pairs(self) -> int:
+        return len(self.generators)
+
     def __call__(self, rng: np.random.Generator, valid: np.ndarray | None = None) -> list[MaskPair]:
         valid = np.ones(self.grid, dtype=bool) if valid is None else valid.reshape(self.grid)
         tau = max(1, min(self.tau, int(valid.sum()) // 2))
@@ -130,6 +138,7 @@ class RandomMasker:
 
     grid: tuple[int, int]
     ratio: float = 0.75
+    num_pairs = 1
 
     def __call__(self, rng: np.random.Generator, valid: np.ndarray | None = None) -> list[MaskPair]:
         n = self.grid[0] * self.grid[1]

@@ -1,6 +1,7 @@
 """Models: the ViT encoder, the JEPA predictor, the MAE decoder, and encoder checkpoint I/O."""
 
 from usjepa.models.checkpoint_io import export_encoder, load_encoder_checkpoint
+from usjepa.models.checkpointing import apply_activation_checkpointing, checkpointed_blocks
 from usjepa.models.predictor import Predictor
 from usjepa.models.vit import VIT_PRESETS, VisionTransformer, build_vit
 
@@ -20,6 +21,8 @@ def build_encoder(model_cfg) -> VisionTransformer:
         attn_backend=model_cfg.attn_backend,
         norm_mean=tuple(model_cfg.norm_mean),
         norm_std=tuple(model_cfg.norm_std),
+        pos_embed=getattr(model_cfg, "pos_embed", "sincos"),
+        init=getattr(model_cfg, "init", "jepa"),
     )
 
 
@@ -28,6 +31,8 @@ __all__ = [
     "VisionTransformer",
     "Predictor",
     "build_vit",
+    "apply_activation_checkpointing",
+    "checkpointed_blocks",
     "build_encoder",
     "export_encoder",
     "load_encoder_checkpoint",

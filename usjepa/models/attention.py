@@ -2,9 +2,10 @@
 
 `auto` picks xformers' memory-efficient attention on CUDA when it imports, else PyTorch's
 `scaled_dot_product_attention`; `math` is a plain softmax(QK^T)V reference. The env var
-USJEPA_ATTN (xformers|sdpa|math) overrides `auto`. Variable numbers of tokens per sample are
-handled by a key-padding mask (`valid`, [B, N] bool): SDPA/math use a boolean attention mask,
-xformers packs the valid tokens into a block-diagonal batch.
+USJEPA_ATTN (xformers|sdpa|math) overrides `auto`. Variable numbers of tokens per sample come as a
+`TokenLayout` (usjepa.models.layout) built once per forward from host-side lengths: a dense layout runs
+the unmasked kernel; otherwise SDPA/math use its key-padding mask and xformers packs the real tokens into
+one block-diagonal batch. No kernel reads a device tensor back to the host.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from usjepa.models.layout import TokenLayout, as_layout
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("xformers", "sdpa", "math")
+XFORMERS_DEVICES = ("cuda",)  # where the xformers kernel runs; elsewhere its layers fall back to SDPA
 _announced: set[str] = set()
 _xformers_ops = None
 
@@ -61,38 +65,43 @@ def resolve_backend(requested: str = "auto") -> str:
     return choice
 
 
-def math_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None = None) -> Tensor:
-    """Reference attention. q, k, v: [B, H, N, Dh]; valid: [B, N] keys that may be attended to."""
+def _mask(layout: TokenLayout | None) -> Tensor | None:
+    return None if layout is None or layout.dense else layout.valid
+
+
+def math_attention(q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout | None = None) -> Tensor:
+    """Reference attention. q, k, v: [B, H, N, Dh]; layout: which keys are real (None or dense: all)."""
     scale = q.shape[-1] ** -0.5
     attn = (q * scale) @ k.transpose(-2, -1)  # [B, H, N, N]
+    valid = _mask(layout)
     if valid is not None:
         attn = attn.masked_fill(~valid[:, None, None, :], float("-inf"))
-    attn = attn.float().softmax(dim=-1).to(q.dtype)
+    attn = attn.to(torch.promote_types(attn.dtype, torch.float32)).softmax(dim=-1).to(q.dtype)  # >= fp32 softmax
     return attn @ v
 
 
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None = None) -> Tensor:
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout | None = None) -> Tensor:
+    valid = _mask(layout)
     mask = None if valid is None else valid[:, None, None, :]  # [B, 1, 1, N] broadcast over heads and queries
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def xformers_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None = None) -> Tensor:
-    """xformers memory-efficient attention; padded batches are packed into one block-diagonal sequence."""
+def xformers_attention(q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout | None = None) -> Tensor:
+    """xformers memory-efficient attention; a padded batch is packed into one block-diagonal sequence by index
+    (the layout's pack index and bias are made once per forward), padded slots come back as zeros."""
     xops = _load_xformers()
     B, H, N, Dh = q.shape
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, N, H, Dh]
-    if valid is None or bool(valid.all()):
-        out = xops.memory_efficient_attention(q, k, v)
-        return out.transpose(1, 2)
-    from xformers.ops.fmha.attn_bias import BlockDiagonalMask  # noqa: PLC0415
+    if layout is None or layout.dense:
+        return xops.memory_efficient_attention(q, k, v).transpose(1, 2)
+    idx = layout.pack_index()  # [R] real slots of the flattened batch
 
-    lengths = valid.sum(1).tolist()
-    flat = valid.reshape(-1)
-    pack = lambda t: t.reshape(B * N, H, Dh)[flat].unsqueeze(0)  # [1, sum(len), H, Dh]
-    bias = BlockDiagonalMask.from_seqlens(lengths)
-    packed = xops.memory_efficient_attention(pack(q), pack(k), pack(v), attn_bias=bias)[0]
-    out = q.new_zeros(B * N, H, Dh)
-    out[flat] = packed
+    def pack(t: Tensor) -> Tensor:
+        return t.reshape(B * N, H, Dh).index_select(0, idx).unsqueeze(0)  # [1, R, H, Dh]
+
+    bias = layout.block_diagonal_bias(xops, q.device)
+    packed = xops.memory_efficient_attention(pack(q), pack(k), pack(v), attn_bias=bias)[0]  # [R, H, Dh]
+    out = q.new_zeros(B * N, H, Dh).index_copy(0, idx, packed.to(q.dtype))
     return out.reshape(B, N, H, Dh).transpose(1, 2)
 
 
@@ -113,12 +122,17 @@ class Attention(nn.Module):
         self.backend = resolve_backend(backend)
         self._kernel = _KERNELS[self.backend]
 
-    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, layout: TokenLayout | None = None, rope=None) -> Tensor:
+        """x [B, N, C]; layout: which tokens are real (None: all); rope: a `usjepa.models.rope.Rope` rotating q and
+        k (or None)."""
+        layout = as_layout(layout)
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, H, N, Dh]
+        if rope is not None:
+            q, k = rope.apply(q), rope.apply(k)
         kernel = self._kernel
-        if kernel is xformers_attention and not x.is_cuda:
+        if kernel is xformers_attention and x.device.type not in XFORMERS_DEVICES:
             kernel = sdpa_attention  # a module moved back to CPU keeps working
-        out = kernel(q, k, v, valid)  # [B, H, N, Dh]
+        out = kernel(q, k, v, layout)  # [B, H, N, Dh]
         return self.proj(out.transpose(1, 2).reshape(B, N, C))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -11,10 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from usjepa.errors import UsjepaError
+from usjepa.io.atomic import atomic_write
+from usjepa.io.digest import DIGEST_KEY, digest_problem
 from usjepa.models.vit import VisionTransformer, build_vit
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UsjepaError, RuntimeError):
     """A checkpoint that cannot be used as asked; the message names the file and the keys."""
 
 
@@ -74,24 +76,27 @@ def strict_load(
 
 
 def export_encoder(encoder: VisionTransformer, path: str | Path, model_cfg: dict | None = None) -> Path:
-    """Write encoder weights (timm key names) as safetensors with the architecture in the metadata, atomically."""
+    """Write encoder weights (timm key names) as safetensors with the architecture in the metadata, atomically.
+
+    The metadata names the timm model and arguments the weights load into strictly (`timm_model`,
+    `timm_kwargs`): timm's ViT for sin-cos encoders, timm's Eva (AttentionRope) for RoPE encoders.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not model_cfg:
         model_cfg = encoder_model_config(encoder)
+    timm_name, timm_kw = encoder.timm_spec()
     meta = {
         "format": "usjepa-encoder",
-        "timm_kwargs": json.dumps(
-            {k: list(v) if isinstance(v, tuple) else v for k, v in encoder.timm_kwargs().items()}
-        ),
+        "timm_model": timm_name,
+        "timm_kwargs": json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in timm_kw.items()}),
         "model_config": json.dumps(model_cfg or {}),
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_write(path, mode=None) as tmp:  # the user's umask, not save_file's private 0600
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
@@ -100,7 +105,7 @@ def encoder_model_config(encoder: VisionTransformer) -> dict:
     return dict(arch="vit_tiny", embed_dim=encoder.embed_dim, depth=encoder.depth, num_heads=encoder.num_heads,
                 img_size=list(encoder.img_size), patch_size=encoder.patch_size, in_chans=encoder.in_chans,
                 cls_token=bool(encoder.num_prefix_tokens), norm_mean=encoder.input_mean.flatten().tolist(),
-                norm_std=encoder.input_std.flatten().tolist())
+                norm_std=encoder.input_std.flatten().tolist(), pos_embed=encoder.pos_embed_type)
 
 
 def _encoder_from_model_config(mc: dict) -> VisionTransformer:
@@ -116,6 +121,7 @@ def _encoder_from_model_config(mc: dict) -> VisionTransformer:
         attn_backend=mc.get("attn_backend", "auto"),
         norm_mean=tuple(mc.get("norm_mean", (0.5,))),
         norm_std=tuple(mc.get("norm_std", (0.25,))),
+        pos_embed=mc.get("pos_embed", "sincos"),  # files written before RoPE existed are sin-cos
     )
 
 
@@ -148,6 +154,9 @@ def load_encoder_checkpoint(
                 f"'{path}' is not a usjepa checkpoint with a '{which}' entry and a config "
                 f"(top-level keys: {keys}); for other formats use teachers.load(family, path)"
             )
+        problem = digest_problem(ckpt) if DIGEST_KEY in ckpt else None
+        if problem:
+            raise CheckpointError(f"'{path}' is damaged: {problem}")
         mc = ckpt["config"]["model"]
         state = ckpt[which]
     if attn_backend:

@@ -1,4 +1,8 @@
-"""Transformer building blocks shared by the encoder, the predictor and the MAE decoder (timm key names)."""
+"""Transformer building blocks shared by the encoder, the predictor and the MAE decoder (timm key names).
+
+Positions are either fixed 2-D sin-cos embeddings added to the tokens (I-JEPA, MAE) or 2-D RoPE inside
+attention (V-JEPA 2, SALT; `usjepa.models.rope`), chosen by `pos_embed` ("sincos" | "rope").
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,13 @@ import math
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from usjepa.models.attention import Attention
+from usjepa.models.layout import TokenLayout
+
+POS_EMBEDS = ("sincos", "rope")
 
 
 def sincos_2d(embed_dim: int, grid: tuple[int, int]) -> Tensor:
@@ -52,7 +60,11 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; `valid` [B, N] marks real (non-padding) tokens."""
+    """Pre-norm transformer block; `layout` marks real (non-padding) tokens.
+
+    With `grad_checkpointing` set (see `usjepa.models.checkpointing`), a forward that records gradients keeps only
+    the block's input and recomputes the rest during backward (same RNG state, so drop-path draws match).
+    """
 
     def __init__(
         self,
@@ -69,9 +81,15 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
+        self.grad_checkpointing = False
 
-    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), valid))
+    def forward(self, x: Tensor, layout: TokenLayout | None = None, rope=None) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, layout, rope, use_reentrant=False)
+        return self._forward(x, layout, rope)
+
+    def _forward(self, x: Tensor, layout: TokenLayout | None, rope) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), layout, rope))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -79,6 +97,17 @@ def init_weights(module: nn.Module) -> None:
     """trunc-normal(0.02) linears, unit LayerNorms (timm / I-JEPA convention)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def xavier_init(module: nn.Module) -> None:
+    """xavier-uniform linears, unit LayerNorms (MAE's `_init_weights`)."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):

@@ -1,9 +1,9 @@
-"""The ViT encoder: fixed 2-D sin-cos positions, optional CLS token, any patch size and (non-square) image size.
+"""The ViT encoder: fixed 2-D sin-cos positions or 2-D RoPE, optional CLS token, any patch size and image size.
 
-Parameter names follow timm's `VisionTransformer`, so an exported state dict loads into
-`timm.create_model('vit_tiny_patch16_224', img_size=..., in_chans=..., num_classes=0)` with strict=True.
-The encoder owns its input handling: images in [0, 1] with 1 or 3 channels are converted to
-`in_chans` and normalised with `norm_mean` / `norm_std`.
+Parameter names follow timm: a sin-cos encoder's state dict loads into `timm.create_model('vit_tiny_patch16_224',
+img_size=..., in_chans=..., num_classes=0)` with strict=True, a RoPE encoder's into timm's `Eva` with
+attn_type='rope' (`timm_spec()` gives the call). The encoder owns its input handling: images in [0, 1] with 1 or
+3 channels are converted to `in_chans` and normalised with `norm_mean` / `norm_std`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from usjepa.models.layers import Block, gather_tokens, init_weights, rescale_residual_branches, sincos_2d
+from usjepa.models.layers import (
+    POS_EMBEDS,
+    Block,
+    gather_tokens,
+    init_weights,
+    rescale_residual_branches,
+    sincos_2d,
+    xavier_init,
+)
+from usjepa.models.layout import Segment, TokenLayout
+from usjepa.models.rope import RopeTables
 
 VIT_PRESETS: dict[str, dict[str, int]] = {
     "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
@@ -62,8 +72,13 @@ class VisionTransformer(nn.Module):
         attn_backend: str = "auto",
         norm_mean: Sequence[float] = (0.5,),
         norm_std: Sequence[float] = (0.25,),
+        pos_embed: str = "sincos",
+        init: str = "jepa",
     ):
         super().__init__()
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed must be one of {', '.join(POS_EMBEDS)}, got '{pos_embed}'")
+        self.pos_embed_type = pos_embed
         self.img_size = (int(img_size[0]), int(img_size[1]))
         self.patch_size = patch_size
         self.in_chans = in_chans
@@ -74,10 +89,15 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
         grid = self.grid(self.img_size)
-        pos = sincos_2d(embed_dim, grid)
-        if cls_token:
-            pos = torch.cat([torch.zeros(1, embed_dim), pos], dim=0)  # MAE-style zero slot for the CLS token
-        self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=True)  # fixed; kept in the state dict
+        if pos_embed == "sincos":
+            pos = sincos_2d(embed_dim, grid)
+            if cls_token:
+                pos = torch.cat([torch.zeros(1, embed_dim), pos], dim=0)  # MAE-style zero slot for the CLS token
+            self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=True)  # fixed; kept in the state dict
+            self.rope = None
+        else:  # RoPE: no additive table (none in the state dict either, as in timm's Eva)
+            self.register_buffer("pos_embed", None)
+            self.rope = RopeTables(embed_dim // num_heads)
         rates = torch.linspace(0, drop_path, depth).tolist()
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, drop_path=r, backend=attn_backend) for r in rates
@@ -88,12 +108,16 @@ class VisionTransformer(nn.Module):
         self.register_buffer("input_mean", mean, persistent=False)
         self.register_buffer("input_std", std, persistent=False)
         self._pos_cache: dict[tuple[int, int], Tensor] = {}
-        self.apply(init_weights)
+        if init not in ("jepa", "mae"):
+            raise ValueError(f"init must be 'jepa' or 'mae', got '{init}'")
+        # jepa: trunc-normal(0.02) linears rescaled per depth (I-JEPA / V-JEPA); mae: xavier-uniform (MAE)
+        self.apply(xavier_init if init == "mae" else init_weights)
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=1e-6)
-        rescale_residual_branches(self.blocks)
+            nn.init.normal_(self.cls_token, std=0.02 if init == "mae" else 1e-6)
+        if init == "jepa":
+            rescale_residual_branches(self.blocks)
 
     # ------------------------------------------------------------------ geometry
     def grid(self, image_size: Sequence[int]) -> tuple[int, int]:
@@ -104,6 +128,8 @@ class VisionTransformer(nn.Module):
 
     def patch_pos_embed(self, grid: tuple[int, int]) -> Tensor:
         """[1, N, D] patch position embeddings for any grid (sin-cos is exact at every size)."""
+        if self.rope is not None:
+            raise ValueError("a RoPE encoder has no additive position embedding; use block_inputs()")
         if grid == self.grid(self.img_size):
             return self.pos_embed[:, self.num_prefix_tokens :]
         if grid not in self._pos_cache:
@@ -116,39 +142,64 @@ class VisionTransformer(nn.Module):
         x = to_channels(images, self.in_chans)
         return (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
 
-    def _embed(self, images: Tensor, keep: Tensor | None) -> tuple[Tensor, tuple[int, int]]:
-        grid = self.grid(images.shape[-2:])
-        x = self.patch_embed(self.prepare(images))  # [B, N, D]
-        x = x + self.patch_pos_embed(grid).to(x.dtype)
+    def block_inputs(self, x: Tensor, keep: Tensor | None = None) -> tuple[Tensor, dict]:
+        """Normalised images [B, C, H, W] -> (tokens [B, P + N or P + K, D], keyword arguments for every block).
+
+        `keep` [B, K] selects patches (the student's context); RoPE rotates each kept token by its own position.
+        """
+        grid = self.grid(x.shape[-2:])
+        x = self.patch_embed(x)  # [B, N, D]
+        if self.rope is None:
+            x = x + self.patch_pos_embed(grid).to(x.dtype)
         if keep is not None:
             x = gather_tokens(x, keep)  # [B, K, D]
         if self.cls_token is not None:
-            cls = (self.cls_token + self.pos_embed[:, :1]).to(x.dtype).expand(x.shape[0], -1, -1)
-            x = torch.cat([cls, x], dim=1)
-        return x, grid
+            cls = self.cls_token if self.rope is not None else self.cls_token + self.pos_embed[:, :1]
+            x = torch.cat([cls.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        if self.rope is None:
+            return x, {}
+        return x, {"rope": self.rope.at(grid, keep, x.device, prefix=self.num_prefix_tokens)}
 
-    def _prefix_valid(self, keep_valid: Tensor | None) -> Tensor | None:
-        if keep_valid is None or bool(keep_valid.all()):
+    def _embed(self, images: Tensor, keep: Tensor | None) -> tuple[Tensor, dict]:
+        return self.block_inputs(self.prepare(images), keep)
+
+    def token_layout(self, keep: Tensor | None, keep_valid: Tensor | None,
+                     keep_lengths=None) -> TokenLayout | None:
+        """The layout of the block inputs (prefix + kept tokens), from the collator's host lengths; None when every
+        token is real (the dense kernels run). keep_valid [B, K] bool and keep_lengths [B] host ints come together."""
+        if keep_valid is None and keep_lengths is None:
             return None
-        if self.num_prefix_tokens:
-            ones = keep_valid.new_ones(keep_valid.shape[0], self.num_prefix_tokens)
-            return torch.cat([ones, keep_valid], dim=1)
-        return keep_valid
+        if keep is None:
+            raise ValueError("keep_valid / keep_lengths describe a kept subset: pass keep too")
+        parts = [Segment(self.num_prefix_tokens)] if self.num_prefix_tokens else []
+        parts.append(Segment(keep.shape[1], keep_valid, keep_lengths))
+        layout = TokenLayout.from_segments(parts, keep.shape[0], keep.device)
+        return None if layout.dense else layout
 
     def forward_features(
-        self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None
+        self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None, keep_lengths=None
     ) -> tuple[Tensor | None, Tensor]:
-        """(cls [B, D] or None, patch tokens [B, N or K, D]) after the final norm."""
-        x, _ = self._embed(images, keep)
-        valid = self._prefix_valid(keep_valid)
+        """(cls [B, D] or None, patch tokens [B, N or K, D]) after the final norm.
+
+        `keep` [B, K] selects patches; a padded selection marks its real slots with `keep_valid` [B, K] (device)
+        and counts them per row in `keep_lengths` [B] (host integers, as the mask collator gives them).
+        """
+        x, kw = self._embed(images, keep)
+        layout = self.token_layout(keep, keep_valid, keep_lengths)  # built once, shared by every block
         for blk in self.blocks:
-            x = blk(x, valid)
+            x = blk(x, layout, **kw)
         x = self.norm(x)
         cls = x[:, 0] if self.num_prefix_tokens else None
         return cls, x[:, self.num_prefix_tokens :]
 
-    def forward(self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None) -> Tensor:
-        return self.forward_features(images, keep, keep_valid)[1]
+    def forward(self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None,
+                keep_lengths=None) -> Tensor:
+        return self.forward_features(images, keep, keep_valid, keep_lengths)[1]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward instead of keeping its activations (timm's method name)."""
+        for blk in self.blocks:
+            blk.grad_checkpointing = enable
 
     def get_intermediate_layers(
         self, images: Tensor, n: int = 1, norm: bool = True
@@ -156,16 +207,34 @@ class VisionTransformer(nn.Module):
         """(patch tokens [B, N, D], cls [B, D] or None) for each of the last n blocks, oldest first."""
         if not 1 <= n <= self.depth:
             raise ValueError(f"n must be in [1, {self.depth}], got {n}")
-        x, _ = self._embed(images, None)
+        x, kw = self._embed(images, None)
         outs = []
         for i, blk in enumerate(self.blocks):
-            x = blk(x)
+            x = blk(x, **kw)
             if i >= self.depth - n:
                 y = self.norm(x) if norm else x
                 outs.append((y[:, self.num_prefix_tokens :], y[:, 0] if self.num_prefix_tokens else None))
         return outs
 
     # ------------------------------------------------------------------ export
+    def timm_spec(self) -> tuple[str, dict]:
+        """(timm model name, keyword arguments) of the timm model this encoder's state dict loads into exactly.
+
+        Sin-cos: timm's `VisionTransformer`. RoPE: timm's `Eva` with `AttentionRope` (fused qkv with bias, as
+        here), no absolute positions, axial RoPE with integer positions, 'ij' order and theta 10000. The model
+        name only picks the class (timm's create_model drops None arguments, so the name must be one without
+        layer scale); every architecture argument is passed explicitly.
+        """
+        if self.rope is None:
+            return "vit_base_patch16_224", self.timm_kwargs()
+        kw = dict(self.timm_kwargs(), attn_type="rope", use_abs_pos_emb=False, use_rot_pos_emb=True,
+                  rope_type="cat", rope_grid_indexing="ij", rope_temperature=10000.0, rope_grid_offset=0.0,
+                  use_fc_norm=False, qkv_bias=True,
+                  mlp_ratio=self.blocks[0].mlp.fc1.out_features / self.embed_dim,
+                  class_token=bool(self.num_prefix_tokens), global_pool="token" if self.num_prefix_tokens else "avg")
+        kw.pop("fc_norm", None)
+        return "eva_giant_patch14_224", kw
+
     def timm_kwargs(self) -> dict:
         """Arguments for `timm.create_model('vit_*', **kwargs)` that rebuild this architecture."""
         kw = dict(

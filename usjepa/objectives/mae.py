@@ -1,4 +1,10 @@
-"""Pixel MAE (stage 1): reconstruct normalised pixels of the masked patches; the encoder becomes a teacher."""
+"""Pixel MAE (stage 1): reconstruct normalised pixels of the masked patches; the encoder becomes a teacher.
+
+With one mask pair (random masking) this is MAE; with the SALT preset's two pairs (8 x 0.15 and 2 x 0.7
+multi-block) it is SALT's V-Pixel stage 1: the encoder runs once per pair and the losses are averaged over the
+pairs, as V-JEPA averages its losses over mask pairs. The encoder's CLS token (when it has one) goes through the
+decoder, as in MAE.
+"""
 
 from __future__ import annotations
 
@@ -25,14 +31,22 @@ class MAE(Objective):
     def forward(self, batch: dict) -> tuple[Tensor, dict]:
         images = batch["image"]
         grid = self.student.grid(images.shape[-2:])
-        m = batch["masks"][0]
-        z = self.student(images, m.context, m.context_valid)  # [B, K, D]
-        pred = self.decoder(z, m.context, grid, m.context_valid).float()  # [B, N, p*p*C]
         target = patchify(to_channels(images, self.student.in_chans).float(), self.student.patch_size)
         if self.norm_pix_loss:
             mean = target.mean(-1, keepdim=True)
             var = target.var(-1, keepdim=True)
             target = (target - mean) / (var + 1e-6).sqrt()
+        losses, feats = [], []
+        for m in batch["masks"]:  # every mask pair: MAE has one, V-Pixel (SALT stage 1) two
+            cls, z = self.student.forward_features(images, m.context, m.context_valid, m.context_lengths)  # [B, K, D]
+            pred = self.decoder(z, m.context, grid, m.context_valid, cls=cls).float()  # [B, N, p*p*C]
+            losses.append(self._masked_mse(pred, target, m))
+            feats.append(pooled_features(z.detach(), m.context_valid))
+        return torch.stack(losses).mean(), {"features": feats[0]}
+
+    @staticmethod
+    def _masked_mse(pred: Tensor, target: Tensor, m) -> Tensor:
+        """Mean squared error over each image's masked patches, then over images."""
         per_patch = (pred - target).pow(2).mean(-1)  # [B, N]
         masked = torch.zeros_like(per_patch)
         B, T, Kt = m.targets.shape
@@ -43,5 +57,4 @@ class MAE(Objective):
         )
         masked.scatter_add_(1, m.targets.reshape(B, -1), tv)  # 1 at masked patches
         masked = masked.clamp_max(1.0)
-        loss = ((per_patch * masked).sum(1) / masked.sum(1).clamp_min(1.0)).mean()
-        return loss, {"features": pooled_features(z.detach(), m.context_valid)}
+        return ((per_patch * masked).sum(1) / masked.sum(1).clamp_min(1.0)).mean()

@@ -63,8 +63,9 @@ class SALT(Objective):
         full = self.targets(batch, grid)
         losses, feats = [], []
         for i, m in enumerate(batch["masks"]):
-            z = self.student(images, m.context, m.context_valid)  # [B, Kc, D]
-            pred = self.predictor(z, m.context, m.targets, grid, m.context_valid, m.targets_valid, mask_index=i)
+            z = self.student(images, m.context, m.context_valid, m.context_lengths)  # [B, Kc, D]
+            pred = self.predictor(z, m.context, m.targets, grid, m.context_valid, m.targets_valid, mask_index=i,
+                                  context_lengths=m.context_lengths, targets_lengths=m.targets_lengths)
             losses.append(masked_token_loss(pred, gather_targets(full, m), m.targets_valid, self.loss_kind, self.beta))
             feats.append(pooled_features(z.detach(), m.context_valid))
         return torch.stack(losses).mean(), {"features": feats[0]}

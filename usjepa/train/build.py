@@ -7,7 +7,7 @@ import logging
 import numpy as np
 from omegaconf import DictConfig
 
-from usjepa.masks import ComplementMasker, build_masker
+from usjepa.masks import MaskCollator, build_masker
 from usjepa.models import Predictor, build_encoder
 from usjepa.models.mae import MAEDecoder
 from usjepa.objectives import EMAJEPA, MAE, SALT, Objective
@@ -24,7 +24,7 @@ def build_teacher(cfg: DictConfig):
 def build_objective(cfg: DictConfig, total_steps: int, masker=None) -> Objective:
     student = build_encoder(cfg.model)
     masker = masker or build_masker(cfg.mask, student.grid(cfg.model.img_size))
-    n_pairs = len(masker.generators) if isinstance(masker, ComplementMasker) else 1
+    n_pairs = masker.num_pairs
     oc = cfg.objective
     backend = cfg.model.attn_backend
 
@@ -39,6 +39,8 @@ def build_objective(cfg: DictConfig, total_steps: int, masker=None) -> Objective
             num_mask_tokens=n_pairs,
             per_block=p.per_block,
             attn_backend=backend,
+            pos_embed=cfg.model.pos_embed,
+            zero_init_mask_tokens=p.zero_init_mask_tokens,
         )
 
     if oc.name == "salt":
@@ -80,9 +82,35 @@ def build_objective(cfg: DictConfig, total_steps: int, masker=None) -> Objective
             depth=m.decoder_depth,
             num_heads=m.decoder_heads,
             attn_backend=backend,
+            pos_embed=cfg.model.pos_embed,
+            init=cfg.model.init,
         )
         return MAE(student, dec, norm_pix_loss=m.norm_pix_loss)
     raise ValueError(f"unknown objective '{oc.name}'")
+
+
+def effective_precision(objective: Objective, cfg: DictConfig, device, amp: bool) -> dict:
+    """What the student and the teacher actually run in on `device` (the teacher says its own), for env.json."""
+    student = "bf16" if amp else "fp32"
+    teacher = getattr(objective, "teacher", None)
+    cache = getattr(objective, "cache", None)
+    if teacher is not None and hasattr(teacher, "runs_bf16"):
+        teacher_prec = "bf16" if teacher.runs_bf16(device) else "fp32"
+    elif cache is not None:
+        teacher_prec = f"cached targets ({cache.meta.get('dtype', '?')})"
+    elif cfg.objective.name == "ema_jepa":
+        teacher_prec = f"{student} (EMA target encoder, under the student's autocast)"
+    else:
+        teacher_prec = None  # mae: no teacher
+    return {"student": student, "teacher": teacher_prec, "device": str(device)}
+
+
+def build_mask_collator(cfg: DictConfig, base_collate) -> MaskCollator:
+    """The collator training uses: the configured sampler on the model's patch grid, around `base_collate`."""
+    grid = tuple(int(s) // int(cfg.model.patch_size) for s in cfg.model.img_size)
+    region = cfg.mask.region
+    return MaskCollator(build_masker(cfg.mask, grid), cfg.model.patch_size, base_collate,
+                        use_region=region.enabled, min_fraction=region.min_fraction)
 
 
 def holdout_split(num_items: int, patient_ids, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

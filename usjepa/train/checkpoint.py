@@ -1,33 +1,77 @@
-"""Checkpoints: one dict, written to a temp file and renamed over its name; loaded with weights_only=True.
+"""Training checkpoints: one dict with a checksum of its contents, written atomically, loaded with weights_only=True.
 
-A bad checkpoint is an error that names the file and what is wrong: never a silent restart at step 0.
+A bad checkpoint is an error that names the file and what is wrong: never a silent restart at step 0. Format 2
+adds the checksum (`usjepa.io.digest`); format 1 files (no checksum) are still read.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import random
-import re
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from usjepa.io.atomic import atomic_write
+from usjepa.io.digest import DIGEST_KEY, digest_problem, with_digest
+from usjepa.io.runfolder import RunFolder
 from usjepa.models.checkpoint_io import CheckpointError, safe_load
 
-FORMAT_VERSION = 1
-REQUIRED = ("version", "step", "objective", "model", "optimizer", "rng", "sampler", "config")
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before checksums
+REQUIRED = ("version", "step", "objective", "model", "optimizer", "rng", "config")
 
 
-def save_atomic(obj: dict, path: str | Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+def to_cpu(obj: Any) -> Any:
+    """The same nested structure with every tensor detached and on the CPU (what is saved and hashed)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return type(obj)((k, to_cpu(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+class _WriteErrors:
+    """A file wrapper that keeps the OSError of a failed write: torch.save reports it only as "unexpected pos"."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write `state` plus its checksum to `path` through a temp file (fsync, rename): readers see old or new.
+
+    A failed write (a full disk) raises the OSError that caused it, naming the file; the temp file is removed.
+    """
+    state = with_digest(to_cpu(state))
+    with atomic_write(path, "wb") as f:
+        out = _WriteErrors(f)
+        try:
+            torch.save(state, out)
+        except RuntimeError:
+            if out.error is None:
+                raise
+            e = out.error
+            raise OSError(e.errno, e.strerror, str(path)) from e  # names the checkpoint, not its temp file
+    return Path(path)
 
 
 def rng_state() -> dict:
@@ -58,7 +102,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_training_checkpoint(path: str | Path) -> dict:
+def load_training_checkpoint(path: str | Path, verify: bool = True) -> dict:
+    """A complete training checkpoint whose checksum matches its contents, else a CheckpointError naming the file."""
     ckpt = safe_load(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"'{path}' is not a usjepa training checkpoint (found {type(ckpt).__name__})")
@@ -68,12 +113,42 @@ def load_training_checkpoint(path: str | Path) -> dict:
             f"'{path}' is not a complete usjepa training checkpoint: missing {', '.join(missing)}. "
             "Move it away to start fresh, or point train.out_dir at another folder."
         )
-    if ckpt["version"] != FORMAT_VERSION:
-        raise CheckpointError(f"'{path}' has checkpoint format {ckpt['version']}; this usjepa reads {FORMAT_VERSION}")
+    if ckpt["version"] not in READABLE_VERSIONS:
+        raise CheckpointError(f"'{path}' has checkpoint format {ckpt['version']}; this usjepa reads "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+    if verify and (ckpt["version"] >= 2 or DIGEST_KEY in ckpt):
+        problem = digest_problem(ckpt)
+        if problem:
+            raise CheckpointError(f"'{path}' is damaged: {problem}")
     return ckpt
 
 
-def rotate_step_checkpoints(run_dir: Path, keep_last: int) -> None:
-    files = sorted(run_dir.glob("step_*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
-    for old in files[: max(len(files) - keep_last, 0)]:
-        old.unlink(missing_ok=True)
+class CheckpointWriter:
+    """latest.pt / step_N.pt / best.pt of one run, written by rank 0 only; remembers the newest checkpoint's step."""
+
+    def __init__(self, folder: RunFolder, state_fn: Callable[[int], dict], keep_last: int, is_main: bool,
+                 step: int = 0) -> None:
+        self.folder, self.state_fn, self.keep_last, self.is_main = folder, state_fn, keep_last, is_main
+        self.step = step  # newest checkpoint in the folder (0: none yet)
+        self.time: float | None = None
+
+    def save(self, step: int, periodic: bool) -> None:
+        """latest.pt (and step_N.pt + rotation when `periodic`)."""
+        if not self.is_main:
+            return
+        state = self.state_fn(step)
+        save_checkpoint(state, self.folder / "latest.pt")
+        if periodic:
+            save_checkpoint(state, self.folder / RunFolder.step_name(step))
+            self.rotate(step)
+        self.step, self.time = step, time.time()
+
+    def save_best(self, step: int) -> None:
+        if self.is_main:
+            save_checkpoint(self.state_fn(step), self.folder / "best.pt")
+
+    def rotate(self, current: int) -> None:
+        """Keep the newest `keep_last` step_N.pt up to `current` (nothing past the run's own step is touched)."""
+        mine = [p for s, p in self.folder.step_files() if s <= current]
+        for old in mine[max(self.keep_last, 0):]:
+            old.unlink(missing_ok=True)

@@ -1,8 +1,9 @@
 """The one place that decides rank / world size: SLURM task, torchrun worker, or a single process.
 
 `resolve_env()` reads the environment only (no side effects); `init_distributed(env)` starts the
-process group (gloo on CPU, nccl on CUDA) and is a no-op for a world of one. A half-set environment
-is a `DistributedEnvError` that names the missing variables, never a silent single-process run.
+process group (gloo on CPU; on CUDA nccl for GPU tensors plus gloo for CPU ones) and is a no-op for a world
+of one. A half-set environment is a `DistributedEnvError` that names the missing variables, never a silent
+single-process run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from usjepa.errors import UsjepaError
+from usjepa.train.collectives import backend_for
+
 logger = logging.getLogger(__name__)
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -26,7 +30,7 @@ SLURM_NODELIST_VARS = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODEL
 PORT_BASE, PORT_SPAN = 20000, 20000  # SLURM master port = PORT_BASE + job_id % PORT_SPAN
 
 
-class DistributedEnvError(RuntimeError):
+class DistributedEnvError(UsjepaError, RuntimeError):
     """The environment describes a distributed run only partly, or inconsistently."""
 
 
@@ -214,7 +218,7 @@ def resolve_env(environ: Mapping[str, str] | None = None) -> DistEnv:
 
 
 def init_distributed(env: DistEnv, timeout_s: float = 1800.0) -> None:
-    """Join the process group described by `env` (nccl on CUDA, gloo on CPU); no-op for world 1."""
+    """Join the process group described by `env` (see `collectives.backend_for`); no-op for world 1."""
     if env.world_size == 1:
         return
     if dist.is_available() and dist.is_initialized():
@@ -225,7 +229,7 @@ def init_distributed(env: DistEnv, timeout_s: float = 1800.0) -> None:
             )
         return
     use_cuda = torch.cuda.is_available()
-    backend = "nccl" if use_cuda else "gloo"
+    backend = backend_for("cuda" if use_cuda else "cpu")  # NCCL serves CUDA tensors, gloo the CPU ones
     if use_cuda:
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
     logger.info(
@@ -239,9 +243,3 @@ def init_distributed(env: DistEnv, timeout_s: float = 1800.0) -> None:
         world_size=env.world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
-
-
-def cleanup_distributed() -> None:
-    """Leave the process group if one was started."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

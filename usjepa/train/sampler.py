@@ -1,14 +1,16 @@
 """A deterministic, resumable, rank-aware batch sampler that hands each item its own seed.
 
-Epoch e draws a permutation (or weighted draws) from a generator seeded by (seed, e). Global batch k
-of the epoch is split into `accum` micro-batches and each micro-batch into `world` rank shards, so a
-run on W ranks with A accumulation steps sees exactly the items (and item seeds) of one process
-with the same global batch. Resuming is `start_step`: nothing is replayed.
+Epoch e draws a permutation (or weighted draws) from a generator seeded by (seed, e). With weights (balanced
+sampling) an epoch is `epoch_items` draws with replacement: US-JEPA's sum over datasets of min(|D_i|, cap).
+Global batch k of the epoch is split into `accum` micro-batches and each micro-batch into `world` rank shards,
+so a run on W ranks with A accumulation steps sees exactly the items (and item seeds) of one process with the
+same global batch (reference masks are truncated per micro-batch and rank, as upstream, so those differ).
+Resuming is `start_step`: nothing is replayed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +21,20 @@ _MIX = (1 << 61) - 1
 def item_seed(seed: int, epoch: int, position: int) -> int:
     """A seed for the item drawn at `position` of `epoch` (drives its augmentation and masks)."""
     return int((((seed * 1_000_003 + epoch) * 10_000_019 + position) * 2_654_435_761) % _MIX)
+
+
+def balanced_epoch_items(groups: Sequence[str], cap: int | None) -> int:
+    """US-JEPA's epoch: the sum over groups (datasets) of min(|group|, cap) samples (cap <= 0: no cap)."""
+    _, counts = np.unique(np.asarray([str(g) for g in groups]), return_counts=True)
+    return int(np.minimum(counts, cap).sum()) if cap and cap > 0 else int(counts.sum())
+
+
+def epoch_length(dataset, train_idx: np.ndarray, balance: str, cap: int | None) -> int:
+    """Samples per epoch: the training items, or with `data.balance` the capped group sizes of the training items."""
+    attr = {"dataset": "datasets", "organ": "organs"}.get(str(balance or "none"))
+    if attr is None or getattr(dataset, attr, None) is None:
+        return len(train_idx)
+    return balanced_epoch_items(np.asarray(getattr(dataset, attr), dtype=object)[train_idx], cap)
 
 
 class ResumableBatchSampler:
@@ -33,6 +49,7 @@ class ResumableBatchSampler:
         weights: np.ndarray | None = None,
         start_step: int = 0,
         total_steps: int | None = None,
+        epoch_items: int | None = None,
     ):
         if global_batch % (world * accum):
             raise ValueError(
@@ -45,11 +62,16 @@ class ResumableBatchSampler:
                 "lower data.batch_size or add data"
             )
         self.n = num_items
+        # items drawn per epoch: every item once, or (weighted draws) the balanced epoch length
+        self.epoch_items = num_items if (weights is None or not epoch_items) else int(epoch_items)
+        if self.epoch_items < global_batch:
+            raise ValueError(f"an epoch of {self.epoch_items} items is shorter than one global batch "
+                             f"({global_batch}); lower data.batch_size or raise data.balance_cap")
         self.g = global_batch
         self.micro = global_batch // (world * accum)
         self.seed, self.rank, self.world, self.accum = seed, rank, world, accum
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-        self.steps_per_epoch = num_items // global_batch
+        self.steps_per_epoch = self.epoch_items // global_batch
         self.start_step = start_step
         self.total_steps = total_steps
 
@@ -57,7 +79,7 @@ class ResumableBatchSampler:
         g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
         if self.weights is None:
             return torch.randperm(self.n, generator=g).numpy()
-        return torch.multinomial(self.weights, self.n, replacement=True, generator=g).numpy()
+        return torch.multinomial(self.weights, self.epoch_items, replacement=True, generator=g).numpy()
 
     def position(self, step: int) -> tuple[int, int]:
         return divmod(step, self.steps_per_epoch)

@@ -17,8 +17,6 @@ def autocast_context(device: torch.device, enabled: bool):
 
 def train_step(
     model: nn.Module,
-    objective: nn.Module,
-    optimizer: torch.optim.Optimizer,
     micro_batches,
     params: list[torch.Tensor],
     clip_grad: float,
@@ -26,9 +24,10 @@ def train_step(
     device: torch.device,
     distributed: bool = False,
 ) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    """Forward/backward every micro-batch (gradients averaged), clip, step, EMA hook. Returns (loss, logs, grad norm).
+    """Forward/backward every micro-batch (gradients averaged), clip. Returns (loss, logs, grad norm).
 
     `model` is the objective itself or its DDP wrapper; gradient sync happens on the last micro-batch only.
+    The optimizer step and the EMA hook follow in `apply_update`.
     """
     losses, logs = [], {}
     n = len(micro_batches)

@@ -209,6 +209,9 @@ def test_an_unlabelled_folder_is_used_whole_and_a_labelled_one_is_split_by_patie
         for i in range(10):
             Image.fromarray(np.roll(_ramp(), 3 * i + k, axis=0)).save(labelled / cls / f"{cls}{i}.png")
     cfg = DataConfig(source="folder", root=str(labelled), task="folder", region="none")
+    with pytest.raises(DataError, match="no patient or group id.*data.groups=none"):  # nothing says who is who
+        build_dataset(cfg, "train", (16, 16), augment=False)
+    cfg.groups = "none"  # declared: every image is its own patient
     sizes = {s: len(build_dataset(cfg, s, (16, 16), augment=False)) for s in ("train", "val", "test")}
     assert sizes == {"train": 14, "val": 3, "test": 3}  # labelled: probes need val and test
 

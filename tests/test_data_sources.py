@@ -153,7 +153,9 @@ def test_video_frames_with_stride(tmp_path):
 def test_manifest_csv_and_parquet_with_labels_and_splits(tmp_path):
     Image.fromarray(_ramp()).save(tmp_path / "a.png")
     Image.fromarray(_ramp()[::-1]).save(tmp_path / "b.png")
-    df = pd.DataFrame({"image": ["a.png", "b.png", "a.png", "b.png"], "diagnosis": ["benign", "malignant"] * 2,
+    Image.fromarray(_ramp()[:, ::-1]).save(tmp_path / "c.png")  # one image per patient: a copy in another split
+    Image.fromarray(_ramp()[::-1, ::-1]).save(tmp_path / "d.png")  # under another id would be refused as leakage
+    df = pd.DataFrame({"image": ["a.png", "b.png", "c.png", "d.png"], "diagnosis": ["benign", "malignant"] * 2,
                        "patient": ["p1", "p2", "p3", "p4"], "split": ["train", "train", "val", "test"],
                        "organ": ["breast", "breast", "liver", "liver"]})
     df.to_csv(tmp_path / "m.csv", index=False)
@@ -207,6 +209,9 @@ def test_an_unlabelled_folder_is_used_whole_and_a_labelled_one_is_split_by_patie
         for i in range(10):
             Image.fromarray(np.roll(_ramp(), 3 * i + k, axis=0)).save(labelled / cls / f"{cls}{i}.png")
     cfg = DataConfig(source="folder", root=str(labelled), task="folder", region="none")
+    with pytest.raises(DataError, match="no patient or group id.*data.groups=none"):  # nothing says who is who
+        build_dataset(cfg, "train", (16, 16), augment=False)
+    cfg.groups = "none"  # declared: every image is its own patient
     sizes = {s: len(build_dataset(cfg, s, (16, 16), augment=False)) for s in ("train", "val", "test")}
     assert sizes == {"train": 14, "val": 3, "test": 3}  # labelled: probes need val and test
 

@@ -1,5 +1,6 @@
 import argparse
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -64,11 +65,9 @@ batch_size: 32
 
 FAST = """  img_size: [32, 32]
   seeds: [0]
-  lrs: [0.01]
-  wds: [0.0, 0.01]
+  wds: [0.001, 0.01, 0.1]
   pooling: [mean, cls]
   last_k: [1, 2]
-  epochs: 30
   bootstrap: 100
 """
 
@@ -186,3 +185,76 @@ def test_a_stop_request_ends_between_settings_and_the_next_run_finishes(tmp_path
     done = run_probe(load_probe_config(cfg_path))
     assert done.status == "completed" and len(done.table) == 4
     assert len((tmp_path / "out" / "rows.jsonl").read_text().splitlines()) == 4  # the first row was not redone
+
+
+def _single_class_test_split(root):
+    """A copy of the shapes manifest whose test split holds one class only."""
+    manifest = write_manifest(root)
+    df = pd.read_csv(manifest)
+    df.loc[df["split"] == "test", "label"] = 0
+    df.to_csv(manifest, index=False)
+    return manifest
+
+
+def test_missing_and_degenerate_datasets_are_skipped_counted_or_refused_when_strict(tmp_path, capsys):
+    degenerate = _single_class_test_split(tmp_path / "deg")
+    extra = f"""  gone:
+    data: {{source: ultrabench, root: {tmp_path / "no_such_folder"}, task: label}}
+  one_class:
+    data: {{source: manifest, manifest: {degenerate}, task: label, augment: false}}"""
+    cfg_path = write_suite(tmp_path, FAST, extra=extra)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run_from_args(parser.parse_args([cfg_path, "~encoders.random_init"])) == 0
+    out = capsys.readouterr().out
+    assert "skipped 2 dataset(s): gone (its folder" in out and "one_class (the test split has a single class" in out
+    df = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert set(df["task"]) == {"shapes"}  # the dataset that is there was probed
+    assert "Skipped 2 of 3 datasets" in (tmp_path / "out" / "results.md").read_text()
+    status = json.loads((tmp_path / "out" / "status.json").read_text())
+    assert status["state"] == "completed" and set(status["skipped_datasets"]) == {"gone", "one_class"}
+    for drop, why in (("~datasets.one_class", "dataset 'gone': its folder .*no_such_folder does not exist"),
+                      ("~datasets.gone", "dataset 'one_class': the test split has a single class")):
+        assert run_from_args(parser.parse_args([cfg_path, "strict=true", "out_dir=" + str(tmp_path / "s"), drop])) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1 and re.search(why, err)
+
+
+def test_a_val_size_larger_than_the_dataset_is_an_error_naming_it(tmp_path, capsys):
+    cfg_path = write_suite(tmp_path, FAST, extra="    splits: {train: train, val: '', test: test}\n    val_size: 500")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run_from_args(parser.parse_args([cfg_path, "~encoders.random_init"])) == 2
+    err = capsys.readouterr().err
+    assert "dataset 'shapes' (datasets.shapes.val_size=500): cannot carve 500 items out of a split of 56" in err
+    res = run_probe(load_probe_config(cfg_path, ["~encoders.random_init", "datasets.shapes.val_size=0.25",
+                                                 "out_dir=" + str(tmp_path / "share")]))
+    assert res.table["n_val"].tolist() == [14]  # a share: 14 of the 56 training items, whole patients
+
+
+def test_probe_help_documents_dataset_selection():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    text = parser.format_help()
+    assert "select_datasets=[pocus,aul]" in text and "~datasets.aul" in text and "strict=true" in text
+
+
+def test_the_suite_carves_a_pocus_like_dataset_by_video(tmp_path):
+    """UltraBench POCUS: records name their source video, no patient. The suite's train / val / test (val carved out
+    of train+val as configs/probe/ultrabench.yaml does) never share a video."""
+    from tests.test_data_splits import write_pocus_like
+    from usjepa.eval.benchmark import SuiteRunner
+    from usjepa.eval.encoders import build_probe_encoder
+
+    root = write_pocus_like(tmp_path / "ub", n_videos=12, frames=4, stills=4)
+    cfg_path = write_suite(tmp_path, FAST)
+    pocus = {"data.source": "ultrabench", "data.root": root, "data.task": "label", "splits.train": "train+val",
+             "splits.val": "''", "val_size": 0.25}
+    cfg = load_probe_config(cfg_path, ["~encoders.random_init", "~datasets.shapes"]
+                            + [f"datasets.pocus.{k}={v}" for k, v in pocus.items()])
+    runner = SuiteRunner(cfg)
+    enc = build_probe_encoder("student", cfg.encoders.student, cfg.encoders, runner.device)
+    splits, _ = runner.splits(enc, runner.handles["pocus"])
+    video = {k: {p.split(":", 1)[1] for p in getattr(splits, k).patient_id} for k in ("train", "val", "test")}
+    assert all(video.values()) and all(v.endswith((".mp4", ".jpg")) for s in video.values() for v in s)
+    assert not video["train"] & video["val"] and not video["train"] & video["test"] and not video["val"] & video["test"]

@@ -15,10 +15,31 @@ def test_ultrabench_suite_describes_the_eight_usjepa_tasks():
     assert {k: list(v.expected_sizes) for k, v in cfg.datasets.items()} == PAPER
     for d in cfg.datasets.values():
         assert d.data.source == "ultrabench" and d.splits.train == "train+val" and not d.splits.val
-        assert d.val_size == d.expected_sizes[1]
+        train, val, _ = d.expected_sizes  # a share of train + val that gives the published count on that size
+        assert 0 < d.val_size < 1 and round(d.val_size * (train + val)) == val
+    assert {k for k, d in cfg.datasets.items() if d.data.groups == "none"} == {"aul", "gbcu", "mmotu"}  # no ids
     p = cfg.protocol
-    assert (p.preset, list(p.lrs), list(p.wds), p.decay, list(p.pooling), p.epochs, p.patience, p.batch_size,
-            list(p.seeds)) == ("usjepa", [1e-3], [1e-4], "decoupled", ["mean"], 150, 15, 32, [0, 1, 2, 3, 4])
+    assert (p.preset, p.solver, list(p.lrs), list(p.wds), p.decay, list(p.pooling), p.epochs, p.patience,
+            p.batch_size, list(p.seeds)) == ("usjepa", "adamw", [1e-3], [1e-4], "decoupled", ["mean"], 150, 15, 32,
+                                             [0, 1, 2, 3, 4])
+
+
+def test_datasets_can_be_dropped_and_selected_from_the_command_line():
+    ub = "configs/probe/ultrabench.yaml"
+    cfg = load_probe_config(ub, ["datasets.aul=null", "~datasets.busbra", "~encoders.random_init"])
+    assert "aul" not in cfg.datasets and "busbra" not in cfg.datasets and len(cfg.datasets) == 6
+    assert list(cfg.encoders) == ["student"]
+    cfg = load_probe_config(ub, ["select_datasets=[pocus,fatty_liver]"])
+    assert sorted(cfg.datasets) == ["fatty_liver", "pocus"]
+    with pytest.raises(ConfigError, match="no dataset 'pocsu'.*did you mean 'pocus'"):
+        load_probe_config(ub, ["~datasets.pocsu"])
+    with pytest.raises(ConfigError, match=r"select_datasets names unknown dataset\(s\) \['nope'\]"):
+        load_probe_config(ub, ["select_datasets=[pocus,nope]"])
+
+
+def test_the_default_grid_solves_heads_to_their_optimum():
+    p = load_probe_config(SIM).protocol
+    assert (p.solver, list(p.wds), p.tol, p.max_iter) == ("lbfgs", [], 1e-2, 500)
 
 
 def test_usjepa_preset_fills_defaults_but_user_values_win():
@@ -45,6 +66,9 @@ def test_named_entries_can_be_changed_and_added_from_the_command_line():
     ("datasets.lesion.splits.val=\"\"", "datasets.lesion.val_size is 0"),
     ("protocol.few_shot=[5]", "few_shot shares must be in \\(0, 1\\]"),
     ("protocol.corruptions=[fog]", "protocol.corruptions='fog'"),
+    ("protocol.solver=sgd", "protocol.solver='sgd' is not one of"),
+    ("protocol.tol=0", "protocol.tol must be in"),
+    ("datasets.lesion.val_size=2.5", "datasets.lesion.val_size=2.5 must be a share"),
 ])
 def test_mistakes_are_explained(override, message):
     with pytest.raises(ConfigError, match=message):

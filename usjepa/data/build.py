@@ -14,7 +14,7 @@ from usjepa.data.config import SOURCES
 from usjepa.data.dataset import UltrasoundDataset, resolve_labels
 from usjepa.data.errors import DataError
 from usjepa.data.sources import read_manifest, read_ultrabench, scan_folder
-from usjepa.data.splits import SPLITS, check_patient_leakage, make_patient_splits
+from usjepa.data.splits import SPLITS, apply_groups, check_patient_leakage, make_group_splits, require_groups
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def load_table(cfg) -> pd.DataFrame:
         read_meta(cfg.root)
         return pd.read_parquet(Path(cfg.root) / INDEX)
     if src == "ultrabench":
-        return read_ultrabench(cfg.root, seed=cfg.seed)
+        return read_ultrabench(cfg.root, seed=cfg.seed, groups=cfg.groups)
     kinds = {"folder": {"image", "dicom", "video"}, "dicom": {"dicom"}, "video": {"video"}}.get(src)
     if kinds is None:
         raise DataError(f"unknown data.source '{src}'; use one of {SOURCES}")
@@ -103,23 +103,29 @@ def has_labels(df: pd.DataFrame, task: str) -> bool:
 
 
 def assign_splits(df: pd.DataFrame, cfg, where: str) -> pd.DataFrame:
-    """Keep given splits (after a leakage check); otherwise split labelled data by patient (data.split_fractions).
+    """Keep given splits (after the leakage check); otherwise split labelled data by patient / group
+    (data.split_fractions; refused when the items have no group, unless data.groups=none). See usjepa.data.splits.
 
     Unlabelled data (a folder of images for pretraining) is all 'train': nothing is set aside for probe val/test
     splits it cannot serve; the trainer holds out only what validation asks for (train.val_fraction).
     """
+    df = apply_groups(df, cfg.groups, where)
     given = df["split"].astype(str)
+    has = df["patient_given"].to_numpy(bool) if "patient_given" in df else np.ones(len(df), bool)
     if (given != "").any():
         bad = sorted(set(given.unique()) - set(SPLITS) - {""})
         if bad:
             raise DataError(f"{where}: split values {bad} are not one of {SPLITS} (also accepted: validation)")
-        has = df["patient_given"].to_numpy(bool) if "patient_given" in df else np.ones(len(df), bool)
-        if has.any():
-            check_patient_leakage(df["patient_id"][has].tolist(), given[has].tolist(), where)
+        require_groups(bool(has.all()), cfg.groups, where, "its split column")
+        check_patient_leakage(df["patient_id"].where(has, "").tolist(), given.tolist(), where, df["path"].tolist(),
+                              df["frame"].tolist())
         return df
     df = df.copy()
-    if has_labels(df, cfg.task):
-        df["split"] = make_patient_splits(df["patient_id"].tolist(), tuple(cfg.split_fractions), cfg.seed)
+    if has_labels(df, cfg.task):  # a split that a probe or evaluation will read: groups must stay whole
+        require_groups(bool(has.all()), cfg.groups, where, f"the {list(cfg.split_fractions)} train/val/test split")
+        df["split"] = make_group_splits(df["patient_id"].tolist(), tuple(cfg.split_fractions), cfg.seed)
+        check_patient_leakage(df["patient_id"].tolist(), df["split"].tolist(), where, df["path"].tolist(),
+                              df["frame"].tolist())
         counts = df["split"].value_counts()
         log.info("%s: labelled, no split column: split by patient %s -> %s", where,
                  "/".join(f"{float(f):g}" for f in cfg.split_fractions),

@@ -42,6 +42,7 @@ class DataConfig:
     colour_frames: str = "skip"  # colour / power Doppler frames: skip (reported) | gray (colour inpainted) | keep
     max_side: int = 0  # `usjepa data prepare`: longer side of stored frames (0 = twice the larger model.img_size side)
     patient_regex: str = ""  # folder sources: regex on the relative path whose group 1 is the patient id
+    groups: str = "auto"  # kept whole by splits: auto (patient, else video/study id) | none (each file) | a column
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # when the source has no splits
     # --- balanced sampling (US-JEPA: per-dataset cap; organ weights fix organ bias)
     balance: str = "none"  # none | dataset | organ

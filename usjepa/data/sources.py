@@ -30,6 +30,9 @@ _ALIASES = {"path": ("path", "image", "image_path", "file", "filepath", "filenam
             "mask_path": ("mask_path", "scan_mask", "mask", "region_mask"),
             "patient_id": ("patient_id", "patient", "subject", "subject_id", "study_id"),
             "split": ("split", "subset", "fold")}
+# columns naming the video / study / sequence a frame came from: the group when no patient is named
+GROUP_COLUMNS = ("group", "group_id", "video", "video_id", "study", "study_uid", "study_instance_uid", "series_id",
+                 "sequence_id", "clip_id")
 
 
 def kind_of(path: str) -> str:
@@ -45,11 +48,13 @@ def _finish(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
         if c not in df.columns:
             df[c] = v
     df["kind"] = [k if isinstance(k, str) and k else kind_of(p) for k, p in zip(df["kind"], df["path"], strict=True)]
-    pid = df["patient_id"]
-    if "patient_given" not in df.columns:
-        df["patient_given"] = [isinstance(p, str) or not pd.isna(p) for p in pid]
-    df["patient_id"] = [str(p) if isinstance(p, str) or not pd.isna(p) else Path(f).stem
-                        for p, f in zip(pid, df["path"], strict=True)]
+    known = lambda v: isinstance(v, str) and v.strip() != "" or not (isinstance(v, str) or pd.isna(v))  # noqa: E731
+    pid = list(df["patient_id"])
+    for col in (c for c in GROUP_COLUMNS if c in df.columns):  # no patient: the video / study is the group
+        pid = [p if known(p) or not known(g) else f"{col}:{g}" for p, g in zip(pid, df[col], strict=True)]
+    if "patient_given" not in df.columns:  # a video file is a group of its frames even without an id
+        df["patient_given"] = [known(p) or k == "video" for p, k in zip(pid, df["kind"], strict=True)]
+    df["patient_id"] = [str(p).strip() if known(p) else Path(f).stem for p, f in zip(pid, df["path"], strict=True)]
     df["mask_path"] = df["mask_path"].fillna("").astype(str)
     df["split"] = df["split"].fillna("").astype(str).str.lower().replace({"validation": "val", "valid": "val"})
     for c in ("organ", "dataset"):
@@ -129,7 +134,7 @@ def scan_folder(root: str, kinds: set[str], label_from_folder: bool = False, pat
     df = pd.DataFrame({"path": files, "kind": [kind_of(f) for f in files]})
     if patient_regex:
         pat = re.compile(patient_regex)
-        df["patient_id"] = [(m.group(1) if (m := pat.search(r)) else Path(r).stem) for r in rel]
+        df["patient_id"] = [(m.group(1) if (m := pat.search(r)) else None) for r in rel]
     else:
         df["patient_id"] = dicom_patients(files, df["kind"].tolist())
     if label_from_folder:  # class = first sub-folder; label = its index among the sorted class names
@@ -170,10 +175,29 @@ def read_manifest(path: str, root: str = "", stride: int = 1, max_frames: int = 
 _UB_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test", "train_val": "train"}
 
 
-def read_ultrabench(root: str, val_fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
+def _ultrabench_groups(t: pd.DataFrame, dataset: str, groups: str, where: str) -> tuple[list[str], list[bool]]:
+    """(group id, given) per record: the patient, else the source video / image file (UltraBench's own grouping for
+    POCUS), else none; data.groups=none makes each image its own group, data.groups=<key> uses that record key."""
+    if groups == "none":
+        return [f"{dataset}:{v}" for v in t["image"]], [True] * len(t)
+    if groups not in ("", "auto"):
+        if groups not in t.columns:
+            raise DataError(f"{where}: data.groups={groups} is not a key of its records (keys: {list(t.columns)})")
+        col = groups
+    else:
+        col = "patient" if "patient" in t.columns else "source" if "source" in t.columns else None
+    if col is None:
+        return [Path(v).stem for v in t["image"]], [False] * len(t)
+    given = [not (v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "") for v in t[col]]
+    return ([f"{dataset}:{v}" if g else Path(i).stem for v, g, i in zip(t[col], given, t["image"], strict=True)],
+            given)
+
+
+def read_ultrabench(root: str, val_fraction: float = 0.1, seed: int = 0, groups: str = "auto") -> pd.DataFrame:
     """An UltraBench processed dataset folder (images/, masks/scan/, {train,validation,test,train_val}.json), or a
-    folder of them. train_val.json without a validation file is split by patient into train and val."""
-    from usjepa.data.splits import make_patient_splits
+    folder of them. Records are grouped by patient, else by their source video / image (`source`); train_val.json
+    without a validation file is split into train and val by those groups."""
+    from usjepa.data.splits import make_group_splits, require_groups
 
     base = Path(root)
     dirs = [base] if any((base / f"{s}.json").exists() for s in _UB_SPLITS) else \
@@ -197,10 +221,11 @@ def read_ultrabench(root: str, val_fraction: float = 0.1, seed: int = 0) -> pd.D
             if "image" not in t.columns:
                 raise DataError(f"{f} has no 'image' key in its records; is this an UltraBench processed folder?")
             t["split"] = split
+            dataset = re.sub(r"_v\d+(\.\d+)*$", "", d.name)
+            t["patient_id"], t["patient_given"] = _ultrabench_groups(t, dataset, groups, str(f))
             if name == "train_val" and not (d / "validation.json").exists() and val_fraction > 0:
-                pid = t["patient"].astype(str) if "patient" in t.columns else t["image"].map(lambda s: Path(s).stem)
-                s = make_patient_splits(pid.tolist(), (1 - val_fraction, val_fraction, 0.0), seed)
-                t["split"] = s
+                require_groups(bool(t["patient_given"].all()), groups, str(f), "splitting it into train and val")
+                t["split"] = make_group_splits(t["patient_id"].tolist(), (1 - val_fraction, val_fraction, 0.0), seed)
             parts.append(t)
         t = pd.concat(parts, ignore_index=True)
         t["path"] = [str(d / v) for v in t["image"]]
@@ -209,8 +234,6 @@ def read_ultrabench(root: str, val_fraction: float = 0.1, seed: int = 0) -> pd.D
         if "pathology" in t.columns and "label" in t.columns:
             t["label_name"] = t["pathology"].astype(str)
         t["dataset"] = re.sub(r"_v\d+(\.\d+)*$", "", d.name)
-        if "patient" in t.columns:
-            t["patient_id"] = t["dataset"] + ":" + t["patient"].astype(str)
         frames.append(t)
     return _finish(pd.concat(frames, ignore_index=True), base.name)
 

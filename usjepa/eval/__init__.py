@@ -15,9 +15,9 @@ from usjepa.eval.linear import linear_probe
 from usjepa.eval.metrics import bootstrap_ci, classification_metrics, regression_metrics
 from usjepa.eval.periodic import periodic_probe, quick_linear_probe
 from usjepa.eval.regression import regression_probe
-from usjepa.eval.splits import PatientLeakageError, check_no_leakage
+from usjepa.eval.splits import DegenerateSplitError, PatientLeakageError, check_no_leakage
 
-__all__ = ["FeatureSet", "PatientLeakageError", "ProbeResult", "ProbeRunConfig", "apply_corruption", "attentive_probe",
-           "bootstrap_ci", "build_probe_encoder", "check_no_leakage", "classification_metrics", "extract_features",
-           "knn_probe", "linear_probe", "load_probe_config", "periodic_probe", "quick_linear_probe",
-           "regression_metrics", "regression_probe", "run_probe"]
+__all__ = ["DegenerateSplitError", "FeatureSet", "PatientLeakageError", "ProbeResult", "ProbeRunConfig",
+           "apply_corruption", "attentive_probe", "bootstrap_ci", "build_probe_encoder", "check_no_leakage",
+           "classification_metrics", "extract_features", "knn_probe", "linear_probe", "load_probe_config",
+           "periodic_probe", "quick_linear_probe", "regression_metrics", "regression_probe", "run_probe"]

@@ -14,9 +14,10 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from usjepa.eval import protocols as P
 from usjepa.eval.encoders import ProbeEncoder, build_probe_encoder
 from usjepa.eval.features import FeatureSet, dataset_identity, extract_features
 from usjepa.eval.report import append_row, load_rows, write_tables
-from usjepa.eval.splits import cap_indices, carve, check_no_leakage
+from usjepa.eval.splits import DegenerateSplitError, cap_indices, carve, check_classes, check_no_leakage
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class ProbeResult:
     status: str  # completed | preempted
     out_dir: Path
     table: pd.DataFrame
+    skipped: dict[str, str] = field(default_factory=dict)  # dataset name -> why it was not probed
 
 
 def resolve_device(device: str) -> torch.device:
@@ -69,6 +71,24 @@ class DatasetHandle:
             self._parts[split] = (ds, idx, dataset_identity(self.data, split, self.img_size, ds, idx))
         return self._parts[split]
 
+    def missing(self) -> str:
+        """Why this dataset cannot be read at all (its folder or manifest does not exist), or ''."""
+        d = self.data
+        if d.source == "simulate":
+            return ""  # generated on first use
+        if d.source == "manifest":
+            path = d.manifest or (os.path.join(d.root, "manifest.csv") if d.root else "")
+            return "" if not path or os.path.exists(path) else f"its manifest {path} does not exist"
+        return "" if not d.root or os.path.exists(d.root) else f"its folder {d.root} does not exist"
+
+    def images(self, fs: FeatureSet, origin: np.ndarray) -> list[tuple[str, int]]:
+        """(file, frame) of each row of features whose rows came from the named splits in `origin`."""
+        out = []
+        for split, idx in zip(origin, fs.index, strict=True):
+            ds = self.part(split)[0]
+            out.append((ds.paths[int(idx)], int(ds.table["frame"].iat[int(idx)])))
+        return out
+
     def num_classes(self) -> int:
         for ds, _, _ in self._parts.values():
             n = getattr(ds, "num_classes", None)
@@ -97,9 +117,30 @@ class SuiteRunner:
         self.device = resolve_device(cfg.device)
         self.should_stop = should_stop or (lambda: False)
         self.handles = {n: DatasetHandle(n, s, self.p, cfg.data_root) for n, s in cfg.datasets.items()}
+        self.skipped: dict[str, str] = {}
+        for name, h in list(self.handles.items()):
+            why = h.missing()
+            if why:
+                self._skip(name, why, f"point data_root (or datasets.{name}.data.root) at it")
         self.done = {self._done_key(r) for r in load_rows(self.out_dir)} if cfg.resume else set()
 
     # ------------------------------------------------------------------ bookkeeping
+    def _skip(self, name: str, why: str, fix: str) -> None:
+        """Leave a dataset out of this run with one log line (an error under strict=true)."""
+        msg = f"dataset '{name}': {why}; {fix}, drop it with ~datasets.{name} (or select_datasets=[...])"
+        if self.cfg.strict:
+            from usjepa.config import ConfigError
+
+            raise ConfigError(msg + ", or set strict=false to skip it")
+        log.warning("skipping %s (strict=true makes this an error)", msg)
+        self.skipped[name] = why
+        self.handles.pop(name, None)
+
+    def notes(self) -> list[str]:
+        """Lines for the foot of results.md: the datasets this run left out and why."""
+        return [f"Skipped {len(self.skipped)} of {len(self.cfg.datasets)} datasets: "
+                + "; ".join(f"{k} ({v})" for k, v in self.skipped.items())] if self.skipped else []
+
     @staticmethod
     def _done_key(r: dict) -> tuple:
         return (r.get("encoder"), r.get("encoder_id"), r.get("task"), r.get("probe"), r.get("setting"),
@@ -152,22 +193,26 @@ class SuiteRunner:
         train, train_origin = self._labelled(*self._features(enc, h, s.train), kind)
         if s.test:
             test, test_origin = self._labelled(*self._features(enc, h, s.test), kind)
-        else:  # carve test out of train, whole patients at a time
-            keep, cut = carve(self._y(train, kind), train.patient_id, h.spec.test_size, seed=h.data.seed + 1)
+        else:  # carve test out of train, whole patients / videos at a time
+            keep, cut = self._carve(h, train, "test", h.spec.test_size, h.data.seed + 1)
             test, test_origin = train.subset(cut), train_origin[cut]
             train, train_origin = train.subset(keep), train_origin[keep]
         if s.val:
-            val, _ = self._labelled(*self._features(enc, h, s.val), kind)
+            val, val_origin = self._labelled(*self._features(enc, h, s.val), kind)
         else:
-            keep, cut = carve(self._y(train, kind), train.patient_id, h.spec.val_size, seed=h.data.seed)
-            val, train = train.subset(cut), train.subset(keep)
+            keep, cut = self._carve(h, train, "val", h.spec.val_size, h.data.seed)
+            val, val_origin = train.subset(cut), train_origin[cut]
+            train, train_origin = train.subset(keep), train_origin[keep]
         for part, fs in (("train", train), ("val", val), ("test", test)):
             if len(fs) == 0:
                 what = "a class label" if kind == "classification" else "a continuous target"
                 raise ValueError(f"dataset '{h.name}': no item of its {part} split has {what} (data.task="
                                  f"'{h.data.task}', label_kind={kind}); check datasets.{h.name}.data.task")
-        check_no_leakage({"train": train.patient_id, "val": val.patient_id, "test": test.patient_id},
-                         where=f"dataset '{h.name}'")
+            if kind == "classification":
+                check_classes(fs.label, part, f"dataset '{h.name}'")
+        parts = {"train": (train, train_origin), "val": (val, val_origin), "test": (test, test_origin)}
+        check_no_leakage({k: fs.patient_id for k, (fs, _) in parts.items()},
+                         {k: h.images(fs, o) for k, (fs, o) in parts.items()}, where=f"dataset '{h.name}'")
         sizes = [len(train), len(val), len(test)]
         if h.spec.expected_sizes and sizes != list(h.spec.expected_sizes):
             log.warning("dataset '%s': train/val/test sizes %s differ from the expected %s", h.name, sizes,
@@ -177,6 +222,16 @@ class SuiteRunner:
             ncls = h.num_classes() or int(max(train.label.max(), val.label.max(), test.label.max())) + 1
         origin = np.stack([test_origin, test.index.astype(object)], 1)  # [N_test, 2]: split name, dataset index
         return P.ProbeSplits(train, val, test, kind, ncls), origin
+
+    def _carve(self, h: DatasetHandle, train: FeatureSet, part: str, size: float, seed: int):
+        """(kept, carved) rows of train: `size` items or a share, whole patients / videos at a time."""
+        from usjepa.config import ConfigError
+
+        try:
+            return carve(self._y(train, h.spec.label_kind), train.patient_id, size, seed=seed,
+                         where=f"dataset '{h.name}' (datasets.{h.name}.{part}_size={size:g})")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     @staticmethod
     def _y(fs: FeatureSet, kind: str) -> np.ndarray:
@@ -193,10 +248,10 @@ class SuiteRunner:
     # ------------------------------------------------------------------ the loop
     def _status(self, state: str, error: str | None = None) -> None:
         """status.json in the trainer's format (step = finished result rows), so `usjepa status` follows probes."""
-        total = len(self.cfg.encoders) * len(self.cfg.datasets) * len(self.settings())
-        done = sum(1 for k in self.done if k[0] in self.cfg.encoders and k[2] in self.cfg.datasets)
+        total = len(self.cfg.encoders) * len(self.handles) * len(self.settings())
+        done = sum(1 for k in self.done if k[0] in self.cfg.encoders and k[2] in self.handles)
         doc = {"state": state, "step": min(done, total), "total_steps": total, "error": error,
-               "updated": time.time(), "last_ckpt": None}
+               "updated": time.time(), "last_ckpt": None, "skipped_datasets": self.skipped}
         tmp = self.out_dir / f".status.json.tmp{os.getpid()}"
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, self.out_dir / "status.json")
@@ -214,7 +269,7 @@ class SuiteRunner:
                     status = "preempted"
                     break
                 enc = build_probe_encoder(enc_name, spec, self.cfg.encoders, self.device)
-                for task in self.cfg.datasets:
+                for task in list(self.handles):
                     if not self._run_pair(enc, task):
                         status = "preempted"
                         break
@@ -226,10 +281,12 @@ class SuiteRunner:
         except BaseException as e:
             self._status("failed", f"{type(e).__name__}: {e}")
             raise
-        table = write_tables(self.out_dir, plot=self.cfg.plot)
+        table = write_tables(self.out_dir, plot=self.cfg.plot, notes=self.notes())
         self._status(status)
         log.info("%s: %d result rows in %s", status, len(table), self.out_dir / "results.csv")
-        return ProbeResult(status, self.out_dir, table)
+        for line in self.notes():
+            log.warning(line)
+        return ProbeResult(status, self.out_dir, table, dict(self.skipped))
 
     def _run_pair(self, enc: ProbeEncoder, task: str) -> bool:
         """All settings of one encoder on one dataset; False when a stop was requested."""
@@ -239,7 +296,11 @@ class SuiteRunner:
         if not todo:
             log.info("%s / %s: all settings already in %s; skipping", enc.name, task, self.out_dir)
             return True
-        splits, test_origin = self.splits(enc, h)
+        try:
+            splits, test_origin = self.splits(enc, h)
+        except DegenerateSplitError as e:
+            self._skip(task, str(e).split(": ", 1)[-1].split(";")[0], "fix its splits")
+            return True
         y_test = splits.y(splits.test)
         heads = None  # the full-data linear heads, shared by the robustness settings
         for probe, setting, what, arg in todo:
@@ -273,7 +334,7 @@ class SuiteRunner:
             self._status("running")
             log.info("%s / %s / %s %s: %s %.4f ± %.4f [%.4f, %.4f] (%.1fs)", enc.name, task, probe, setting,
                      row["metric"], row["mean"], row["std"], row["ci_low"], row["ci_high"], row["seconds"])
-            write_tables(self.out_dir, plot=False)  # the chart is drawn once, at the end of the run
+            write_tables(self.out_dir, plot=False, notes=self.notes())  # the chart is drawn once, at the end
         return True
 
     def _corrupted(self, enc: ProbeEncoder, h: DatasetHandle, splits: P.ProbeSplits, origin: np.ndarray,
@@ -295,7 +356,18 @@ def run_probe(cfg: DictConfig, should_stop: Callable[[], bool] | None = None) ->
 # ----------------------------------------------------------------------------- CLI
 
 
+HELP_EPILOG = """choosing datasets:
+  select_datasets=[pocus,aul]   probe only these datasets of the config
+  ~datasets.aul                 drop one dataset (or: datasets.aul=null); encoders the same way
+  strict=true                   a dataset whose folder is missing (or whose splits have a single class) stops the
+                                run; by default it is skipped with one line and counted in the summary
+  datasets.NAME.val_size=0.1    carve val as a share of train (or a count of items), whole patients / videos
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = HELP_EPILOG
     parser.add_argument("config", help="probe suite YAML (see configs/probe/)")
     parser.add_argument("overrides", nargs="*",
                         help="dotted overrides, e.g. encoders.salt.path=runs/salt/latest.pt protocol.seeds=[0]")
@@ -303,13 +375,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    from usjepa.config import ConfigError
+    from usjepa.data import DataError
     from usjepa.eval.config import load_probe_config
 
-    cfg = load_probe_config(args.config, args.overrides)
-    if getattr(args, "print_config", False):
-        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
-        return 0
-    res = run_probe(cfg)
+    try:
+        cfg = load_probe_config(args.config, args.overrides)
+        if getattr(args, "print_config", False):
+            print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+            return 0
+        res = run_probe(cfg)
+    except (ConfigError, DataError, DegenerateSplitError) as e:  # data, leakage, split-size and degenerate errors
+        if getattr(args, "verbose", False):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print((res.out_dir / "results.md").read_text())
+    if res.skipped:
+        print(f"skipped {len(res.skipped)} dataset(s): " + "; ".join(f"{k} ({v})" for k, v in res.skipped.items()))
     print(f"{res.status}: {res.out_dir / 'results.csv'}")
     return 0 if res.status == "completed" else 3

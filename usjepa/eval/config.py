@@ -21,6 +21,7 @@ ENCODER_KINDS = ("student", "mae", "teacher", "timm", "random")
 POOLINGS = ("mean", "cls", "cls+mean")
 PRESETS = ("grid", "usjepa")
 LABEL_KINDS = ("classification", "regression")
+SOLVERS = ("lbfgs", "adamw")
 
 
 @dataclass
@@ -56,7 +57,7 @@ class ProbeDatasetSpec:
     data: DataConfig = field(default_factory=lambda: DataConfig(augment=False))
     label_kind: str = "classification"  # classification | regression (reads the item's `target`)
     splits: SplitNames = field(default_factory=SplitNames)
-    val_size: float = 0.0  # when splits.val is "": items (>= 1) or share (< 1) of train carved out as val
+    val_size: float = 0.0  # when splits.val is "": items (>= 1) or share (< 1) of train carved out as val, whole groups
     test_size: float = 0.0  # when splits.test is "": the same for test
     expected_sizes: list[int] = field(default_factory=list)  # [train, val, test] as published; mismatch -> warning
     max_items: int = 0  # cap per split (0 = all); for quick runs
@@ -67,18 +68,21 @@ class ProbeDatasetSpec:
 class ProtocolConfig:
     """How the probes are trained and what is reported. `preset: usjepa` pins the US-JEPA paper's recipe."""
 
-    preset: str = "grid"  # grid (lr x wd x pooling x last-k, select on val) | usjepa (one head, paper recipe)
+    preset: str = "grid"  # grid (wd x pooling x last-k, select on val) | usjepa (one head, the paper's recipe)
     img_size: list[int] = field(default_factory=lambda: [224, 224])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     # linear probe
-    lrs: list[float] = field(default_factory=lambda: [1e-3, 1e-2])
-    wds: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
-    decay: str = "l2"  # l2 (penalty in the loss, as logistic regression) | decoupled (AdamW)
+    solver: str = "lbfgs"  # lbfgs (L2-regularised heads solved to their optimum) | adamw (the US-JEPA recipe)
+    wds: list[float] = field(default_factory=list)  # [] = lbfgs: wd = 1 / (C N) for C = 1e-4..1e4; adamw: [1e-4]
+    tol: float = 1e-2  # lbfgs: certified relative distance to the optimum for a head to count as converged
+    max_iter: int = 500  # lbfgs: iterations per head; heads that need more are flagged and not selected
+    lrs: list[float] = field(default_factory=lambda: [1e-3])  # adamw
+    decay: str = "decoupled"  # adamw: decoupled (AdamW weight decay) | l2 (penalty in the loss)
     pooling: list[str] = field(default_factory=lambda: ["mean", "cls"])  # mean | cls | cls+mean (cls needs a CLS token)
     last_k: list[int] = field(default_factory=lambda: [1])  # concatenated last k blocks (get_intermediate_layers)
-    epochs: int = 100
-    batch_size: int = 256  # 0 = full batch
-    patience: int = 0  # early stopping on val loss (epochs), keeping the best-val-loss weights; 0 = train to the end
+    epochs: int = 150  # adamw
+    batch_size: int = 32  # adamw; 0 = full batch
+    patience: int = 15  # adamw: early stopping on val loss (epochs), keeping the best weights; 0 = train to the end
     standardize: bool = True  # z-score pooled features with train statistics (linear, kNN)
     class_balanced: bool = False  # inverse-frequency class weights in the loss
     select_metric: str = "macro_f1"  # val metric that picks the head (regression: r2)
@@ -111,13 +115,15 @@ class ProbeRunConfig:
     num_workers: int = 0
     resume: bool = True  # skip (encoder, task, setting) rows already in <out_dir>/rows.jsonl with the same settings
     plot: bool = True
+    select_datasets: list[str] = field(default_factory=list)  # run only these datasets (names of `datasets`); [] = all
+    strict: bool = False  # a dataset whose folder is missing (or whose splits are degenerate) stops the run
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 # The US-JEPA paper's linear-probe recipe (App. D.2): one head, AdamW 1e-3 / 1e-4, cosine, <=150 epochs,
 # patience 15 on val loss, batch 32, 5 seeds, mean-pooled final-layer patch tokens.
-USJEPA_PRESET = dict(lrs=[1e-3], wds=[1e-4], decay="decoupled", pooling=["mean"], last_k=[1], epochs=150,
-                     batch_size=32, patience=15, standardize=False, seeds=[0, 1, 2, 3, 4])
+USJEPA_PRESET = dict(solver="adamw", lrs=[1e-3], wds=[1e-4], decay="decoupled", pooling=["mean"], last_k=[1],
+                     epochs=150, batch_size=32, patience=15, standardize=False, seeds=[0, 1, 2, 3, 4])
 
 
 def _close(value: str, choices, key: str) -> str:
@@ -131,6 +137,15 @@ def validate_probe_config(cfg: DictConfig) -> None:
     from usjepa.config import ConfigError
 
     p = cfg.protocol
+    if p.solver not in SOLVERS:
+        raise ConfigError(_close(p.solver, SOLVERS, "protocol.solver"))
+    if not 0 < p.tol < 1:
+        raise ConfigError(f"protocol.tol must be in (0, 1) (a relative distance to the optimum), got {p.tol}")
+    if p.max_iter < 1:
+        raise ConfigError(f"protocol.max_iter must be >= 1, got {p.max_iter}")
+    if any(w < 0 for w in p.wds) or any(lr <= 0 for lr in p.lrs) or not p.lrs:
+        raise ConfigError(f"protocol.wds must be >= 0 and protocol.lrs > 0 (and not empty), got wds={list(p.wds)}, "
+                          f"lrs={list(p.lrs)}")
     if p.decay not in ("l2", "decoupled"):
         raise ConfigError(_close(p.decay, ("l2", "decoupled"), "protocol.decay"))
     if p.preset not in PRESETS:
@@ -157,7 +172,8 @@ def validate_probe_config(cfg: DictConfig) -> None:
         raise ConfigError("no encoders to probe: add an `encoders:` mapping, e.g. encoders: {salt: {kind: student, "
                           "path: runs/salt/latest.pt}}")
     if not cfg.datasets:
-        raise ConfigError("no datasets to probe on: add a `datasets:` mapping (see configs/probe/sim.yaml)")
+        raise ConfigError("no datasets to probe on: add a `datasets:` mapping (see configs/probe/sim.yaml), or keep "
+                          "at least one when dropping some (datasets.NAME=null, ~datasets.NAME, select_datasets=[...])")
     for name, e in cfg.encoders.items():
         if e.kind not in ENCODER_KINDS:
             raise ConfigError(_close(e.kind, ENCODER_KINDS, f"encoders.{name}.kind"))
@@ -186,6 +202,9 @@ def validate_probe_config(cfg: DictConfig) -> None:
             if not getattr(d.splits, part) and size <= 0:
                 raise ConfigError(f"datasets.{name}.splits.{part} is empty and datasets.{name}.{part}_size is 0: "
                                   f"name a {part} split or set {part}_size to carve one out of train")
+            if size < 0 or (size >= 1 and size != int(size)):
+                raise ConfigError(f"datasets.{name}.{part}_size={size:g} must be a share in (0, 1) or a whole number "
+                                  "of items")
         if d.expected_sizes and len(d.expected_sizes) != 3:
             raise ConfigError(f"datasets.{name}.expected_sizes must be [train, val, test], "
                               f"got {list(d.expected_sizes)}")
@@ -203,14 +222,39 @@ def _known(cfg: DictConfig, key: str) -> bool:
     return False
 
 
+_DROPPABLE = ("datasets", "encoders")  # name-keyed mappings whose entries an override may remove
+
+
+def _drop_entry(cfg: DictConfig, ov: str) -> bool:
+    """Handle `~datasets.NAME` / `datasets.NAME=null` (also for encoders): remove the entry; False if not a drop."""
+    key, value = (ov[1:], None) if ov.startswith("~") else (ov.split("=", 1) + [""])[:2]
+    parts = key.split(".")
+    if len(parts) != 2 or parts[0] not in _DROPPABLE or not (ov.startswith("~") or value.strip() in ("null", "~")):
+        return False
+    from usjepa.config import ConfigError
+
+    mapping = cfg[parts[0]]
+    if parts[1] not in mapping:
+        close = difflib.get_close_matches(parts[1], list(mapping), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"cannot drop {key}: there is no {parts[0][:-1]} '{parts[1]}' (have: "
+                          f"{', '.join(mapping)}){hint}")
+    del mapping[parts[1]]
+    return True
+
+
 def load_probe_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Load a probe config; overrides may address named entries (`encoders.salt.path=...`)."""
+    """Load a probe config; overrides may address named entries (`encoders.salt.path=...`), drop them
+    (`datasets.aul=null` or `~datasets.aul`), and `select_datasets=[a,b]` keeps only the named datasets."""
     from usjepa.config import ConfigError, _all_dotted_keys, load_config
 
     cfg = load_config(path, (), schema=ProbeRunConfig)
     for ov in overrides:
+        if _drop_entry(cfg, ov):
+            continue
         if "=" not in ov:
-            raise ConfigError(f"override '{ov}' must look like key=value, e.g. protocol.epochs=50")
+            raise ConfigError(f"override '{ov}' must look like key=value (e.g. protocol.seeds=[0]) or ~datasets.NAME "
+                              "to drop a dataset")
         key = ov.split("=", 1)[0].lstrip("+")
         if not _known(cfg, key):
             close = difflib.get_close_matches(key, _all_dotted_keys(cfg), n=1, cutoff=0.5)
@@ -220,6 +264,13 @@ def load_probe_config(path: str | Path | None, overrides: list[str] | tuple[str,
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
         except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
             raise ConfigError(f"bad override '{ov}': {e.msg}") from None
+    if cfg.select_datasets:
+        unknown = [n for n in cfg.select_datasets if n not in cfg.datasets]
+        if unknown:
+            raise ConfigError(f"select_datasets names unknown dataset(s) {unknown}; this config has: "
+                              f"{', '.join(cfg.datasets)}")
+        for name in [n for n in cfg.datasets if n not in cfg.select_datasets]:
+            del cfg.datasets[name]
     if cfg.protocol.preset == "usjepa":
         apply_usjepa_preset(cfg)
     validate_probe_config(cfg)

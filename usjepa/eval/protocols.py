@@ -75,25 +75,46 @@ def aggregate(results: list[dict], y_test: np.ndarray, splits: ProbeSplits, n_bo
     lo, hi = bootstrap_ci(y_test, np.stack([np.asarray(r["test_pred"]) for r in results]), metric,
                           splits.num_classes, n_boot=n_boot, seed=0, groups=groups)  # patients resampled whole
     row.update(ci_low=lo, ci_high=hi)
-    row["selected"] = [r.get("selected") for r in results]
+    row["selected"] = [_brief(r.get("selected")) for r in results]
+    conv = [r.get("convergence") or {} for r in results]
+    checked = [c for c in conv if c.get("checked")]
+    # lbfgs: did every selected head reach its optimum, and how many heads of the grids did not (max over seeds)
+    row["selected_converged"] = all(c["selected_converged"] for c in checked) if checked else None
+    row["heads_not_converged"] = max(len(c["not_converged"]) for c in checked) if checked else None
     return row
 
 
+def _brief(selected: dict | None) -> dict | None:
+    """The selected head's settings, without unset or infinite values (the table stores them as JSON-like text)."""
+    if selected is None:
+        return None
+    keep = ("features", "lr", "wd", "C", "epoch", "k")
+    return {k: v for k, v in selected.items()
+            if k in keep and (isinstance(v, str) or (v is not None and bool(np.isfinite(v))))}
+
+
 def _linear_kwargs(p, splits: ProbeSplits, device) -> dict:
-    return dict(task=splits.task, num_classes=splits.num_classes or None, lrs=list(p.lrs), wds=list(p.wds),
-                epochs=p.epochs, batch_size=p.batch_size, patience=p.patience, standardize=p.standardize,
-                class_balanced=p.class_balanced and splits.label_kind == "classification", decay=p.decay,
+    return dict(task=splits.task, num_classes=splits.num_classes or None, solver=p.solver,
+                wds=list(p.wds) or None, tol=p.tol, max_iter=p.max_iter, lrs=list(p.lrs), epochs=p.epochs,
+                batch_size=p.batch_size, patience=p.patience, decay=p.decay, standardize=p.standardize,
+                class_balanced=p.class_balanced and splits.label_kind == "classification",
                 select_metric=p.select_metric if splits.label_kind == "classification" else "r2", device=device)
 
 
 def run_linear(splits: ProbeSplits, p, device, rows: np.ndarray | None = None, seeds=None) -> list[dict]:
-    """One grid (or preset head) per seed; `rows` restricts the training split (few-shot)."""
+    """One grid (or preset head) per seed; `rows` restricts the training split (few-shot).
+
+    lbfgs heads are solved to their optimum, which does not depend on the seed: the grid is fitted once (one
+    result, whatever the seeds), so no spread over seeds is reported where there is none.
+    """
     tr = splits.train if rows is None else splits.train.subset(rows)
     ftr, fva, fte = (feature_sets(f, p.pooling, p.last_k) for f in (tr, splits.val, splits.test))
-    out = []
-    for seed in seeds if seeds is not None else p.seeds:
+    seeds = list(seeds if seeds is not None else p.seeds)
+    out: list[dict] = []
+    for seed in seeds[:1] if p.solver == "lbfgs" else seeds:
         out.append(linear_probe((ftr, splits.y(tr)), (fva, splits.y(splits.val)), (fte, splits.y(splits.test)),
                                 seed=int(seed), **_linear_kwargs(p, splits, device)))
+        out[-1]["seed"] = int(seed)
     return out
 
 
@@ -111,7 +132,8 @@ def run_robustness(heads: list[dict], corrupted: FeatureSet, splits: ProbeSplits
     """Score each seed's clean-trained head on the corrupted test features (same items, same order)."""
     feats = feature_sets(corrupted, p.pooling, p.last_k)
     y = splits.y(corrupted)
-    return [{**r["head"].evaluate(feats, y, splits.num_classes), "selected": r["selected"]} for r in heads]
+    return [{**r["head"].evaluate(feats, y, splits.num_classes), "selected": r["selected"],
+             "convergence": r.get("convergence")} for r in heads]
 
 
 def run_knn(splits: ProbeSplits, p) -> list[dict]:

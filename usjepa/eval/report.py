@@ -90,7 +90,14 @@ def _fmt(row: pd.Series) -> str:
         s += f" ± {row['std'] * scale:.{digits}f}"
     if np.isfinite(row.get("ci_low", np.nan)):
         s += f" [{row['ci_low'] * scale:.{digits}f}, {row['ci_high'] * scale:.{digits}f}]"
+    if _not_converged(row):
+        s += " †"
     return s
+
+
+def _not_converged(row: pd.Series) -> bool:
+    """A row whose selected linear head (of some seed) did not reach its optimum."""
+    return str(row.get("selected_converged", "")) in ("False", "0", "0.0")
 
 
 def markdown_tables(df: pd.DataFrame) -> str:
@@ -116,6 +123,9 @@ def markdown_tables(df: pd.DataFrame) -> str:
                     cells.append(_fmt(r.iloc[0]) if len(r) else "")
                 lines.append(f"| {e} | " + " | ".join(cells) + " |")
             lines.append("")
+    if any(_not_converged(r) for _, r in df.iterrows()):
+        lines += ["† no head of that grid reached its optimum within protocol.max_iter; the score is of the best "
+                  "unconverged head (see details.jsonl, `convergence`).", ""]
     return "\n".join(lines)
 
 
@@ -154,12 +164,14 @@ def bar_chart(df: pd.DataFrame, path: Path) -> bool:
     return True
 
 
-def write_tables(out_dir: str | Path, plot: bool = True) -> pd.DataFrame:
-    """Rebuild results.csv / results.md (/ results.png) from the row log; returns the table."""
+def write_tables(out_dir: str | Path, plot: bool = True, notes: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """Rebuild results.csv / results.md (/ results.png) from the row log; returns the table. `notes` (e.g. the
+    datasets a run skipped) are added at the foot of results.md."""
     out_dir = Path(out_dir)
     df = results_frame(load_rows(out_dir))
     _atomic_write_bytes(out_dir / "results.csv", df.to_csv(index=False).encode())
-    _atomic_write_bytes(out_dir / "results.md", markdown_tables(df).encode())
+    md = markdown_tables(df) + "".join(f"\n{n}\n" for n in notes)
+    _atomic_write_bytes(out_dir / "results.md", md.encode())
     if plot:
         try:
             bar_chart(df, out_dir / "results.png")

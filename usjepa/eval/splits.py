@@ -1,104 +1,35 @@
-"""Probe splits: carving a validation (or test) part out of train, few-shot subsets, and the leakage guard.
+"""Probe splits: few-shot subsets, item caps and the degenerate-split guard.
 
-All work on the rows of extracted features (labels and patient ids travel with them), are seeded,
-and keep every patient's frames on one side of a cut.
+Carving a validation (or test) part out of train and the leakage check are the data package's grouped-split
+utilities (usjepa.data.splits), re-exported here under the names the probe API has always used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
+from usjepa.data.splits import SplitLeakageError, carve, check_no_leakage, label_codes
 from usjepa.errors import UsjepaError
 
+PatientLeakageError = SplitLeakageError  # the probe API's name for the same error (a DataError, so a UsjepaError)
 
-class PatientLeakageError(UsjepaError, ValueError):
-    """A patient's frames sit in more than one probe split."""
-
-
-def check_no_leakage(parts: dict[str, Sequence[str]], where: str = "probe splits") -> None:
-    """Refuse splits that share a patient; the message names the patients and their splits.
-
-    Empty ids mean "unknown" (datasets without patient ids) and are not compared.
-    """
-    seen: dict[str, set[str]] = {}
-    for split, ids in parts.items():
-        for pid in set(map(str, ids)):
-            if pid and pid.lower() not in ("nan", "none", "unknown"):
-                seen.setdefault(pid, set()).add(split)
-    leaking = sorted(p for p, s in seen.items() if len(s) > 1)
-    if leaking:
-        detail = "; ".join(f"{p}: {sorted(seen[p])}" for p in leaking[:10])
-        more = f" (and {len(leaking) - 10} more)" if len(leaking) > 10 else ""
-        raise PatientLeakageError(
-            f"{where}: {len(leaking)} patient(s) appear in more than one split, so the probe would be scored on "
-            f"patients it was trained on: {detail}{more}. Split the dataset by patient (e.g. carve val with "
-            "val_size, which keeps patients together) or fix the split column of the source.")
+__all__ = ["DegenerateSplitError", "PatientLeakageError", "cap_indices", "carve", "check_classes", "check_no_leakage",
+           "few_shot_rows"]
 
 
-def _n_from(size: float, n: int) -> int:
-    return int(round(size * n)) if 0 < size < 1 else int(size)
+class DegenerateSplitError(UsjepaError, ValueError):
+    """A classification split with fewer than two classes: macro-F1 on it would be meaningless (100 for free)."""
 
 
-def carve(labels: np.ndarray, patient_ids: Sequence[str], size: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(kept rows, carved rows): about `size` items (>= 1) or share (< 1) moved out, whole patients at a time.
-
-    Patients are shuffled (seeded) and taken class by class in proportion to the label mix, so the carved
-    part is roughly stratified; with unique or missing ids this is an exact-size stratified sample.
-    """
-    labels = np.asarray(labels)
-    n = len(labels)
-    target = _n_from(size, n)
-    if not 0 < target < n:
-        raise ValueError(f"cannot carve {size} items out of a split of {n}; give a share in (0, 1) or a count < {n}")
-    pids = np.asarray([str(p) if str(p) else f"__row{i}" for i, p in enumerate(patient_ids)]) if len(patient_ids) \
-        else np.asarray([f"__row{i}" for i in range(n)])
-    rng = np.random.default_rng(seed)
-    uniq, inverse = np.unique(pids, return_inverse=True)
-    codes = _codes(labels)
-    per_group = np.zeros((len(uniq), codes.max() + 1), dtype=np.int64)
-    np.add.at(per_group, (inverse, codes), 1)
-    major = per_group.argmax(1)  # each patient's majority label defines its stratum
-    classes, class_counts = np.unique(codes, return_counts=True)
-    exact = target * class_counts / n  # per-class quotas summing to target (largest remainder)
-    quota = np.floor(exact)
-    quota[np.argsort(-(exact - quota))[: int(target - quota.sum())]] += 1
-    want = dict(zip(classes.tolist(), quota.tolist()))
-    sizes = np.bincount(inverse, minlength=len(uniq))
-    chosen = np.zeros(len(uniq), dtype=bool)
-    taken = 0
-    for c in classes.tolist():
-        groups = rng.permutation(np.flatnonzero(major == c))
-        got = 0
-        for g in groups:  # take whole patients while that brings the class closer to its share
-            if abs(got + sizes[g] - want[c]) >= abs(got - want[c]):
-                continue
-            chosen[g] = True
-            got += sizes[g]
-            taken += sizes[g]
-    rest = rng.permutation(np.flatnonzero(~chosen))
-    for g in rest:  # top up (rounding) from any class
-        if taken >= target:
-            break
-        chosen[g] = True
-        taken += sizes[g]
-    is_carved = chosen[inverse]
-    if is_carved.all():
-        raise ValueError(f"carving {target} items took every patient of the split; use a smaller size")
-    return np.flatnonzero(~is_carved), np.flatnonzero(is_carved)
-
-
-def _codes(labels: np.ndarray) -> np.ndarray:
-    """Labels as small non-negative ints (continuous targets fall into quartile bins)."""
-    labels = np.asarray(labels)
-    if labels.dtype.kind == "f":
-        finite = np.isfinite(labels)
-        if finite.any():
-            edges = np.quantile(labels[finite], [0.25, 0.5, 0.75])
-            return np.where(finite, np.searchsorted(edges, labels), 0).astype(int)
-        return np.zeros(len(labels), dtype=int)
-    return np.unique(labels, return_inverse=True)[1]
+def check_classes(labels: np.ndarray, split: str, where: str = "") -> None:
+    """Refuse a classification split holding a single class (or none), naming the split and the class."""
+    present = np.unique(np.asarray(labels)[np.asarray(labels) >= 0])
+    if len(present) < 2:
+        what = f"a single class (label {int(present[0])})" if len(present) else "no labelled item"
+        raise DegenerateSplitError(
+            f"{where + ': ' if where else ''}the {split} split has {what}; a probe trained or scored on it would "
+            "report a meaningless macro-F1. Use a split with at least two classes (check the split column, "
+            "val_size / test_size, or few-shot shares).")
 
 
 def few_shot_rows(labels: np.ndarray, share: float, seed: int = 0) -> np.ndarray:
@@ -107,7 +38,7 @@ def few_shot_rows(labels: np.ndarray, share: float, seed: int = 0) -> np.ndarray
     if share >= 1:
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
-    codes = _codes(labels)
+    codes = label_codes(labels)
     rows = []
     for c in np.unique(codes):
         idx = np.flatnonzero(codes == c)

@@ -115,16 +115,6 @@ def build_mask_collator(cfg: DictConfig, base_collate) -> MaskCollator:
 
 def holdout_split(num_items: int, patient_ids, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Carve a held-out validation subset (patient-grouped when patient ids exist): (train idx, val idx)."""
-    if fraction <= 0:
-        return np.arange(num_items), np.arange(0)
-    rng = np.random.default_rng(seed + 17)
-    if patient_ids is not None and len(set(patient_ids)) > 1:
-        ids = np.asarray(patient_ids)
-        uniq = np.unique(ids)
-        n_val = max(1, int(round(len(uniq) * fraction)))
-        val_pat = set(rng.permutation(uniq)[:n_val].tolist())
-        is_val = np.array([p in val_pat for p in ids])
-    else:
-        is_val = np.zeros(num_items, dtype=bool)
-        is_val[rng.permutation(num_items)[: max(1, int(round(num_items * fraction)))]] = True
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    from usjepa.data.splits import holdout
+
+    return holdout(num_items, patient_ids, fraction, seed + 17)

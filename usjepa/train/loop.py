@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from usjepa import numerics
 from usjepa.config import ConfigError
 from usjepa.errors import UsjepaError
 from usjepa.io.runfolder import ENCODER, LATEST, RunFolder, resume_mode
@@ -133,7 +134,8 @@ class _Trainer:
         self._load(point)
         self._status("running")
         if self.main:
-            self.folder.update_env(precision=effective_precision(self.objective, self.cfg, self.device, self.amp))
+            self.folder.update_env(precision=effective_precision(self.objective, self.cfg, self.device, self.amp),
+                                   numerics=numerics.describe())
         if self.step >= self.total:
             self._finish(self.step)
             return TrainResult("completed", self.step, self.folder.path, self.best_val)

@@ -109,12 +109,14 @@ def against_logistic_regression(seeds: list[int], device: torch.device) -> list[
             dflt = tuned_logistic_regression(tr, va, te, converged=False)
             c = r["convergence"]
             rows.append({"task": name, "seed": seed, "ours": r["macro_f1"], "ours_C": r["selected"]["C"],
+                         "ours_features": r["selected"]["features"],
                          "heads_converged": f"{c['converged']}/{c['heads']}", "lr_converged": conv["macro_f1"],
                          "lr_converged_C": conv["C"], "gap_converged_points": 100 * (r["macro_f1"] - conv["macro_f1"]),
                          "lr_default_tol": dflt["macro_f1"],
                          "gap_default_tol_points": 100 * (r["macro_f1"] - dflt["macro_f1"])})
             print(f"{name} seed {seed}: ours {r['macro_f1']:.4f} vs LR {conv['macro_f1']:.4f} "
-                  f"({rows[-1]['gap_converged_points']:+.2f} points)", flush=True)
+                  f"({rows[-1]['gap_converged_points']:+.2f} points), vs default-tol LR {dflt['macro_f1']:.4f} "
+                  f"({rows[-1]['gap_default_tol_points']:+.2f}); selected {r['selected']['features']}", flush=True)
     return rows
 
 

@@ -87,7 +87,7 @@ def test_suite_writes_one_table_resumes_and_adds_encoders(tmp_path):
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "completed" and status["step"] == status["total_steps"] == 2
     sel = json.loads(df["selected"][0].replace("'", '"'))[0]
-    assert sel["features"] in {"mean/k1", "mean/k2", "cls/k1", "cls/k2"}
+    assert sel["features"] in {f"{p}/k{k}{w}" for p in ("mean", "cls") for k in (1, 2) for w in ("", "+whitened")}
 
     # a second run finds every row done: nothing is recomputed, the table is unchanged
     n_lines = len((out / "rows.jsonl").read_text().splitlines())

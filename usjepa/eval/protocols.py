@@ -97,6 +97,7 @@ def _linear_kwargs(p, splits: ProbeSplits, device) -> dict:
     return dict(task=splits.task, num_classes=splits.num_classes or None, solver=p.solver,
                 wds=list(p.wds) or None, tol=p.tol, max_iter=p.max_iter, lrs=list(p.lrs), epochs=p.epochs,
                 batch_size=p.batch_size, patience=p.patience, decay=p.decay, standardize=p.standardize,
+                whiten=p.whiten,
                 class_balanced=p.class_balanced and splits.label_kind == "classification",
                 select_metric=p.select_metric if splits.label_kind == "classification" else "r2", device=device)
 

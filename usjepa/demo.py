@@ -77,8 +77,6 @@ def run_demo(out_dir: str | Path = "runs/demo", size: str = "tiny", compare: boo
     from usjepa.config import load_config
     from usjepa.data import DataConfig, build_dataset
     from usjepa.eval import load_probe_config, run_probe
-    from usjepa.train import run_training
-
     if size not in SIZES:
         raise ValueError(f"unknown demo size '{size}'; choose one of {', '.join(SIZES)}")
     s = SIZES[size]
@@ -100,7 +98,7 @@ def run_demo(out_dir: str | Path = "runs/demo", size: str = "tiny", compare: boo
     mae_cfg = load_config(_pretrain("mae_vit_tiny_sim.yaml"),
                           _stage_overrides(s, out / "teacher", data_root, mae_steps, train_seed) + s["decoder"]
                           + [f"objective.mae.norm_pix_loss={str(s['norm_pix']).lower()}"])
-    run_training(mae_cfg)
+    _train_stage(mae_cfg, "stage 1 (pixel-MAE teacher)", out)
     teacher_ckpt = out / "teacher" / "latest.pt"
 
     print(f"[3/5] stage 2: SALT student against the frozen teacher, {student_steps} steps", flush=True)
@@ -109,13 +107,13 @@ def run_demo(out_dir: str | Path = "runs/demo", size: str = "tiny", compare: boo
     # targets: the mean of the teacher's last blocks (as data2vec), which keeps the local detail its early blocks hold
     salt_cfg.teacher = OmegaConf.structured(TeacherConfig(family="usjepa", checkpoint=str(teacher_ckpt),
                                                           mean_last_k=s["teacher_last_k"], precision=s["precision"]))
-    run_training(salt_cfg)
+    _train_stage(salt_cfg, "stage 2 (SALT student)", out)
     runs = {"teacher (MAE)": out / "teacher", "SALT student": out / "salt"}
     if compare:
         print(f"[3b/5] EMA-JEPA student of the same size and budget, {student_steps} steps", flush=True)
         ema_cfg = load_config(_pretrain("ema_jepa_vit_tiny_sim.yaml"),
                               _stage_overrides(s, out / "ema_jepa", data_root, student_steps, train_seed))
-        run_training(ema_cfg)
+        _train_stage(ema_cfg, "stage 2b (EMA-JEPA student)", out)
         runs["EMA-JEPA student"] = out / "ema_jepa"
 
     print("[4/5] probing random-init / teacher / students on the simulated tasks", flush=True)
@@ -182,6 +180,18 @@ def _numerics_note(runs: dict[str, Path]) -> str:
         lines.append(f"- CPU arithmetic not pinned ({d['cpu_capability']} kernels, {d['threads']} threads): other "
                      "machines may print other numbers")
     return "\n".join(lines)
+
+
+def _train_stage(cfg, what: str, out: Path) -> None:
+    """Train one stage; a stage that stopped early (SIGTERM, SIGINT, preemption) stops the demo, so no later stage
+    runs on an unfinished teacher. Running the same command again resumes where it stopped."""
+    from usjepa.errors import UsjepaError
+    from usjepa.train import run_training
+
+    result = run_training(cfg)
+    if result.status != "completed":
+        raise UsjepaError(f"the demo stopped during {what} at step {result.step} ({result.status}; saved in "
+                          f"{result.run_dir}); run the same `usjepa demo --out {out}` again to resume")
 
 
 def _pretrain(name: str) -> Path:

@@ -14,6 +14,9 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(os.environ.get("USJEPA_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+# USJEPA_BENCH_SMOKE=1 (the test suite's run of `run_all.py --quick`): the costliest parts run on their smallest
+# case only, to check that every script runs and writes its results; its numbers are not the ones to quote.
+SMOKE = os.environ.get("USJEPA_BENCH_SMOKE") == "1"
 
 
 def machine() -> dict:

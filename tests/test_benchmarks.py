@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_all_benchmarks_write_json_and_the_summary_quotes_it(tmp_path):
-    env = dict(os.environ, USJEPA_BENCH_RESULTS=str(tmp_path))
+    env = dict(os.environ, USJEPA_BENCH_RESULTS=str(tmp_path), USJEPA_BENCH_SMOKE="1")  # smallest cases
     subprocess.run([sys.executable, "benchmarks/run_all.py", "--quick"], cwd=ROOT, env=env, check=True,
                    timeout=1200, capture_output=True)
     for name in ("attention", "train", "teacher", "data", "probe"):

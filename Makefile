@@ -24,7 +24,7 @@ demo: setup
 test: setup
 	@if [ "$${CI:-}" = "true" ] || [ "$${USJEPA_SLURM:-}" = "1" ]; then \
 		bash launch/slurm_local.sh up && export USJEPA_REQUIRE_SLURM=1; fi; \
-		$(BIN)/python -m pytest $(PYTEST_ARGS)
+		$(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)

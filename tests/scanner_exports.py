@@ -18,10 +18,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 
-from usjepa.data.bmode import Layout, make_layout, render, sample_acquisition
-from usjepa.data.dressing import CALIPER_COLOURS, dress
-from usjepa.data.phantom import LESIONS, ORGANS, Probe, sample_phantom, sample_probe
-from usjepa.data.simulate import simulate_frame
+from usjepa.data.sim.bmode import Layout, make_layout, render, sample_acquisition
+from usjepa.data.sim.dressing import CALIPER_COLOURS, dress
+from usjepa.data.sim.phantom import LESIONS, ORGANS, Probe, sample_phantom, sample_probe
+from usjepa.data.sim.simulate import simulate_frame
 
 SIM_SIDE = 320  # panes are simulated at most this large and scaled up, as scanners scale their scan conversion
 

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from usjepa.data.bmode import Acquisition, make_layout, render, sample_acquisition
-from usjepa.data.dressing import dress
-from usjepa.data.phantom import (
+from usjepa.data.sim.bmode import Acquisition, make_layout, render, sample_acquisition
+from usjepa.data.sim.dressing import dress
+from usjepa.data.sim.phantom import (
     LESION_SIZE,
     LESIONS,
     ORGANS,

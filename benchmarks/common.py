@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from usjepa.io.atomic import atomic_write_json
+
 RESULTS = Path(os.environ.get("USJEPA_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
@@ -58,12 +60,7 @@ def timeit(fn, warmup: int, iters: int, sync=None) -> dict:
 
 
 def write_json(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(RESULTS / f"{name}.json", payload)
 
 
 def write_markdown(name: str, text: str) -> Path:

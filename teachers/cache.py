@@ -15,7 +15,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from torch import Tensor
 
 from teachers.loading import sha256_file
 from teachers.registry import get_family, load_spec, spec_options
+from usjepa.io.atomic import atomic_write, atomic_write_json
 from usjepa.models.checkpoint_io import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -106,12 +106,6 @@ def identity_diff(stored: Any, wanted: Any, path: str = "") -> list[str]:
 # ----------------------------------------------------------------------------- writing
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def _collate(items: list) -> dict | None:
     items = [it for it in items if it is not None]
     if not items:
@@ -137,22 +131,23 @@ class _ShardWriter:
         self.row = 0
         self.shards: list[dict] = []
         self._mm: np.memmap | None = None
-        self._tmp: Path | None = None
+        self._write: Any = None  # the open atomic write of the current shard
 
     def _next_shard(self) -> None:
         self._close()
         k = len(self.shards)
         rows = max(1, min(self.size, self.total - k * self.size))
         name = f"shard_{k:05d}.npy"
-        self._tmp = self.out / f".{name}.tmp{os.getpid()}"
-        self._mm = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=self.dtype, shape=(rows, *self.shape))
+        self._write = atomic_write(self.out / name, mode=None, fsync=False)
+        tmp = self._write.__enter__()
+        self._mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(rows, *self.shape))
         self.shards.append({"file": name, "rows": rows})
 
     def _close(self) -> None:
         if self._mm is not None:
             self._mm.flush()
             self._mm = None
-            os.replace(self._tmp, self.out / self.shards[-1]["file"])
+            self._write.__exit__(None, None, None)  # rename the full shard into place
 
     def write(self, block: np.ndarray) -> list[int]:
         """Append [b, N, D] rows; returns their global row numbers."""
@@ -227,7 +222,7 @@ def build_cache(teacher_cfg: Any, data_cfg: Any, img_size: Sequence[int], out_di
             "shard_size": shard_size, "shards": shards, "items": n_items, "cached": len(index_to_row),
             "bad_items": n_items - len(index_to_row), "teacher": teacher.describe(),
             "seconds": round(time.time() - t0, 2), "created": time.time()}
-    _atomic_json(meta_path, meta)
+    atomic_write_json(meta_path, meta, fsync=False)
     log.info("target cache: %d items (%d bad) -> %s in %.1fs", len(index_to_row), meta["bad_items"], out,
              meta["seconds"])
     return out

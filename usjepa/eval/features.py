@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from usjepa.eval.corruptions import apply_corruption
 from usjepa.eval.encoders import ProbeEncoder
+from usjepa.io.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = "1"
@@ -110,10 +110,8 @@ def save_features(path: Path, fs: FeatureSet, meta: dict) -> None:
         tensors["cls"] = fs.cls.contiguous()
     if fs.tokens is not None:
         tensors["tokens"] = fs.tokens.contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta), "patient_id": json.dumps(fs.patient_id)})
-    os.replace(tmp, path)
+    with atomic_write(path, mode=None, fsync=False) as tmp:  # a cache: a lost write is recomputed
+        save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta), "patient_id": json.dumps(fs.patient_id)})
 
 
 def load_features(path: Path) -> FeatureSet | None:

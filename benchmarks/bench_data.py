@@ -159,7 +159,7 @@ def salt_flops_per_image(batch: int = 2) -> float:
     opt = torch.optim.AdamW(_param_groups(obj.trainable_modules()), lr=1e-4)
     params = [p for g in opt.param_groups for p in g["params"]]
     with FlopCounterMode(display=False) as fc:
-        train_step(obj, obj, opt, [batch_], params, 0.0, False, torch.device("cpu"))
+        train_step(obj, [batch_], params, 0.0, False, torch.device("cpu"))
     return fc.get_total_flops() / batch
 
 

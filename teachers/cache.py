@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from teachers.loading import sha256_file
 from teachers.registry import get_family, load_spec, spec_options
+from usjepa.data.dataset import collate_skip_bad
 from usjepa.io.atomic import atomic_write, atomic_write_json
 from usjepa.models.checkpoint_io import CheckpointError
+from usjepa.objectives.base import normalise_targets
 
 log = logging.getLogger(__name__)
 
@@ -107,20 +108,9 @@ def identity_diff(stored: Any, wanted: Any, path: str = "") -> list[str]:
 
 
 def _collate(items: list) -> dict | None:
-    items = [it for it in items if it is not None]
-    if not items:
-        return None
-    return {"image": torch.stack([it["image"] for it in items]),
-            "index": torch.tensor([int(it["index"]) for it in items], dtype=torch.int64)}
-
-
-def _normalise(h: Tensor, kind: str) -> Tensor:
-    """Same as the SALT objective: non-affine LayerNorm per token, or nothing."""
-    if kind == "layernorm":
-        return F.layer_norm(h.float(), (h.shape[-1],))
-    if kind == "none":
-        return h.float()
-    raise ValueError(f"unknown target_norm '{kind}'; use layernorm or none")
+    """A batch of images and dataset indices; bad items (None) are dropped, None when all were bad."""
+    return collate_skip_bad([None if it is None else {"image": it["image"], "index": int(it["index"])}
+                             for it in items])
 
 
 class _ShardWriter:
@@ -208,7 +198,7 @@ def build_cache(teacher_cfg: Any, data_cfg: Any, img_size: Sequence[int], out_di
         if batch is None:
             continue
         h = teacher.tokens_on_grid(batch["image"].to(device, non_blocking=True), grid)  # [B, N, D]
-        block = _normalise(h, target_norm).cpu().numpy().astype(dtype)
+        block = normalise_targets(h, target_norm).cpu().numpy().astype(dtype)
         for idx, row in zip(batch["index"].tolist(), writer.write(block)):
             if idx in index_to_row:
                 raise ValueError(f"dataset item index {idx} appears twice; cache rows are keyed by item['index']")

@@ -104,8 +104,9 @@ class MultiBlockMasker(MultiBlockSettings):
 
 
 @dataclass
-class ComplementMasker:
-    """V-JEPA / SALT: for each generator, the union of `num_blocks` blocks is the target, its complement the context."""
+class ComplementSettings:
+    """The long-short complement settings (V-JEPA / SALT defaults) that both complement samplers take: the
+    per-sample `ComplementMasker` here and the reference `usjepa.masks.reference.VJepaMultiBlock`."""
 
     grid: tuple[int, int]
     generators: tuple[tuple[int, float], ...] = ((8, 0.15), (2, 0.7))  # (num_blocks, spatial scale)
@@ -116,6 +117,11 @@ class ComplementMasker:
     @property
     def num_pairs(self) -> int:
         return len(self.generators)
+
+
+@dataclass
+class ComplementMasker(ComplementSettings):
+    """V-JEPA / SALT: for each generator, the union of `num_blocks` blocks is the target, its complement the context."""
 
     def __call__(self, rng: np.random.Generator, valid: np.ndarray | None = None) -> list[MaskPair]:
         valid = np.ones(self.grid, dtype=bool) if valid is None else valid.reshape(self.grid)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from usjepa.masks.collator import MaskBatch
-from usjepa.masks.multiblock import MultiBlockSettings, flat_indices
+from usjepa.masks.multiblock import ComplementSettings, MultiBlockSettings, flat_indices
 
 RETRIES = 20  # I-JEPA's placement timeout before it relaxes a constraint
 
@@ -148,19 +148,9 @@ class IJepaMultiBlock(MultiBlockSettings):
 
 
 @dataclass
-class VJepaMultiBlock:
+class VJepaMultiBlock(ComplementSettings):
     """V-JEPA `multiblock3d` semantics in 2-D: per generator, the union of blocks is the target, its complement
     the context (one mask pair per generator)."""
-
-    grid: tuple[int, int]
-    generators: tuple[tuple[int, float], ...] = ((8, 0.15), (2, 0.7))  # (num_blocks, spatial scale)
-    aspect: tuple[float, float] = (0.75, 1.5)
-    tau: int = 1
-    max_tries: int = 20
-
-    @property
-    def num_pairs(self) -> int:
-        return len(self.generators)
 
     def block_shape(self, rng: np.random.Generator, scale: float) -> tuple[int, int]:
         """Independent temporal (unused in 2-D), scale and aspect draws (V-JEPA's `_sample_block_size`)."""

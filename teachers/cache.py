@@ -27,10 +27,8 @@ from torch import Tensor
 
 from teachers.loading import sha256_file
 from teachers.registry import get_family, load_spec, spec_options
-from usjepa.data.dataset import collate_skip_bad
 from usjepa.io.atomic import atomic_write, atomic_write_json
 from usjepa.models.checkpoint_io import CheckpointError
-from usjepa.objectives.base import normalise_targets
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +107,8 @@ def identity_diff(stored: Any, wanted: Any, path: str = "") -> list[str]:
 
 def _collate(items: list) -> dict | None:
     """A batch of images and dataset indices; bad items (None) are dropped, None when all were bad."""
+    from usjepa.data.dataset import collate_skip_bad  # here, not at the top: importing the cache stays light
+
     return collate_skip_bad([None if it is None else {"image": it["image"], "index": int(it["index"])}
                              for it in items])
 
@@ -168,6 +168,8 @@ def build_cache(teacher_cfg: Any, data_cfg: Any, img_size: Sequence[int], out_di
     if dtype not in ("float16", "float32"):
         raise ValueError(f"cache dtype must be float16 or float32, got '{dtype}'")
     out = Path(out_dir)
+    from usjepa.objectives.base import normalise_targets  # the objectives' own definition: cached == live targets
+
     if dataset is None:
         from usjepa.data import build_dataset
 

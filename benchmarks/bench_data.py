@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, md_table, write_json, write_markdown  # noqa: E402
 
 from usjepa.data import DataConfig, build_dataset, collate_skip_bad  # noqa: E402
-from usjepa.data.bmode import make_layout, render, sample_acquisition  # noqa: E402
-from usjepa.data.phantom import LESIONS, ORGANS, sample_phantom, sample_probe  # noqa: E402
-from usjepa.data.simulate import simulate_dataset  # noqa: E402
+from usjepa.data.sim.bmode import make_layout, render, sample_acquisition  # noqa: E402
+from usjepa.data.sim.phantom import LESIONS, ORGANS, sample_phantom, sample_probe  # noqa: E402
+from usjepa.data.sim.simulate import simulate_dataset  # noqa: E402
 
 SIZE = (224, 224)
 H100_BF16_TFLOPS, MFU = 989.0, 0.40  # dense bf16 peak of one H100 SXM; the MFU target of the GPU issue
@@ -100,7 +100,7 @@ def export_frames(root: Path, n: int) -> str:
     import pandas as pd
     from PIL import Image
 
-    from usjepa.data.simulate import simulate_frame
+    from usjepa.data.sim.simulate import simulate_frame
 
     root.mkdir(parents=True)
     for i in range(n):

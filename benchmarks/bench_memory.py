@@ -18,8 +18,6 @@ the teacher's tokens, L1 loss, backward. Each variant runs in a fresh process an
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import sys
 import time
@@ -88,12 +86,8 @@ def child(spec: dict) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+    args = common.child_or_args(__doc__, child)
+    if args is None:
         return
     if args.quick:
         base = dict(arch="vit_tiny", depth=4, img=64, patch=8, batch=4, pred_dim=96, pred_depth=2, pred_heads=4)
@@ -102,7 +96,7 @@ def main() -> None:
     rows = []
     for ckpt in (False, True):
         spec = dict(base, name="checkpointed" if ckpt else "plain", checkpointing=ckpt)
-        r = common.run_isolated([__file__, "--child", json.dumps(spec)])
+        r = common.run_child(__file__, spec)
         print(f"{r['name']:13s} live peak {r['live_peak_mb']:8.1f} MB  kept {r['kept_after_forward_mb']:8.1f} MB  "
               f"rss step {r['rss_step_mb']:8.0f} MB")
         rows.append(r)

@@ -11,8 +11,6 @@ fresh process so peak memory is its own. Data loading is measured separately (be
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import sys
 import tempfile
@@ -210,16 +208,12 @@ def suite(quick: bool) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+    args = common.child_or_args(__doc__, child)
+    if args is None:
         return
     rows = []
     for spec in suite(args.quick):
-        r = common.run_isolated([__file__, "--child", json.dumps(spec)])
+        r = common.run_child(__file__, spec)
         print(
             f"{r['name']:32s} {r['median_s'] * 1000:9.1f} ms/step {r['images_per_s']:8.1f} img/s "
             f"{r['peak_mem_mb']:8.0f} MB"

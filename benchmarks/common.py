@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -9,9 +10,12 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from usjepa.io.atomic import atomic_write_json
 
 RESULTS = Path(os.environ.get("USJEPA_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 # USJEPA_BENCH_SMOKE=1 (the test suite's run of `run_all.py --quick`): the costliest parts run on their smallest
@@ -61,18 +65,31 @@ def timeit(fn, warmup: int, iters: int, sync=None) -> dict:
 
 
 def write_json(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(RESULTS / f"{name}.json", payload)
 
 
 def write_markdown(name: str, text: str) -> Path:
     path = RESULTS / f"{name}.md"
     path.write_text(text)
     return path
+
+
+def child_or_args(doc: str, child: Callable[[dict], dict]) -> argparse.Namespace | None:
+    """The options of a script that measures each setting in a fresh interpreter: `--quick`, and `--child SPEC`
+    with which `run_child` starts it; a child runs `child(spec)`, prints its JSON row and gets None back."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return None
+    return args
+
+
+def run_child(script: str, spec: dict) -> dict:
+    """`script --child SPEC` in a fresh interpreter (see `child_or_args`): its row."""
+    return run_isolated([script, "--child", json.dumps(spec)])
 
 
 def run_isolated(argv: list[str], timeout: int = 1800) -> dict:

@@ -40,12 +40,16 @@ DEFAULT_ENTRY = "usjepa.train:run_training"
 DEFAULT_SCHEMA = "usjepa.config:PretrainConfig"
 
 
+# Modules that moved: jobs pickled before the move (queued or requeued across an upgrade) name the old module.
+_MOVED = {"usjepa.eval.benchmark": "usjepa.eval.suite"}
+
+
 def _import(target: str) -> Any:
     """'package.module:attribute' -> the attribute."""
     module, _, attr = target.partition(":")
     if not module or not attr:
         raise ValueError(f"entry point '{target}' must look like 'package.module:function'")
-    return getattr(importlib.import_module(module), attr)
+    return getattr(importlib.import_module(_MOVED.get(module, module)), attr)
 
 
 def job_environment() -> submitit.JobEnvironment | None:

@@ -53,7 +53,7 @@ def launch_overrides(path: str | Path) -> list[str]:
     return [f"launch.{k}={json.dumps(v)}" for k, v in data["launch"].items()]
 
 
-PROBE_ENTRY = "usjepa.eval.benchmark:run_probe"
+PROBE_ENTRY = "usjepa.eval.suite:run_probe"
 PROBE_SCHEMA = "usjepa.eval.config:ProbeRunConfig"
 
 

@@ -15,7 +15,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -24,11 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from teachers.loading import sha256_file
 from teachers.registry import get_family, load_spec, spec_options
+from usjepa.io.atomic import atomic_write, atomic_write_json
 from usjepa.models.checkpoint_io import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -106,27 +105,12 @@ def identity_diff(stored: Any, wanted: Any, path: str = "") -> list[str]:
 # ----------------------------------------------------------------------------- writing
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def _collate(items: list) -> dict | None:
-    items = [it for it in items if it is not None]
-    if not items:
-        return None
-    return {"image": torch.stack([it["image"] for it in items]),
-            "index": torch.tensor([int(it["index"]) for it in items], dtype=torch.int64)}
+    """A batch of images and dataset indices; bad items (None) are dropped, None when all were bad."""
+    from usjepa.data.dataset import collate_skip_bad  # here, not at the top: importing the cache stays light
 
-
-def _normalise(h: Tensor, kind: str) -> Tensor:
-    """Same as the SALT objective: non-affine LayerNorm per token, or nothing."""
-    if kind == "layernorm":
-        return F.layer_norm(h.float(), (h.shape[-1],))
-    if kind == "none":
-        return h.float()
-    raise ValueError(f"unknown target_norm '{kind}'; use layernorm or none")
+    return collate_skip_bad([None if it is None else {"image": it["image"], "index": int(it["index"])}
+                             for it in items])
 
 
 class _ShardWriter:
@@ -137,22 +121,23 @@ class _ShardWriter:
         self.row = 0
         self.shards: list[dict] = []
         self._mm: np.memmap | None = None
-        self._tmp: Path | None = None
+        self._write: Any = None  # the open atomic write of the current shard
 
     def _next_shard(self) -> None:
         self._close()
         k = len(self.shards)
         rows = max(1, min(self.size, self.total - k * self.size))
         name = f"shard_{k:05d}.npy"
-        self._tmp = self.out / f".{name}.tmp{os.getpid()}"
-        self._mm = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=self.dtype, shape=(rows, *self.shape))
+        self._write = atomic_write(self.out / name, mode=None, fsync=False)
+        tmp = self._write.__enter__()
+        self._mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(rows, *self.shape))
         self.shards.append({"file": name, "rows": rows})
 
     def _close(self) -> None:
         if self._mm is not None:
             self._mm.flush()
             self._mm = None
-            os.replace(self._tmp, self.out / self.shards[-1]["file"])
+            self._write.__exit__(None, None, None)  # rename the full shard into place
 
     def write(self, block: np.ndarray) -> list[int]:
         """Append [b, N, D] rows; returns their global row numbers."""
@@ -183,6 +168,8 @@ def build_cache(teacher_cfg: Any, data_cfg: Any, img_size: Sequence[int], out_di
     if dtype not in ("float16", "float32"):
         raise ValueError(f"cache dtype must be float16 or float32, got '{dtype}'")
     out = Path(out_dir)
+    from usjepa.objectives.base import normalise_targets  # the objectives' own definition: cached == live targets
+
     if dataset is None:
         from usjepa.data import build_dataset
 
@@ -213,7 +200,7 @@ def build_cache(teacher_cfg: Any, data_cfg: Any, img_size: Sequence[int], out_di
         if batch is None:
             continue
         h = teacher.tokens_on_grid(batch["image"].to(device, non_blocking=True), grid)  # [B, N, D]
-        block = _normalise(h, target_norm).cpu().numpy().astype(dtype)
+        block = normalise_targets(h, target_norm).cpu().numpy().astype(dtype)
         for idx, row in zip(batch["index"].tolist(), writer.write(block)):
             if idx in index_to_row:
                 raise ValueError(f"dataset item index {idx} appears twice; cache rows are keyed by item['index']")
@@ -227,7 +214,7 @@ def build_cache(teacher_cfg: Any, data_cfg: Any, img_size: Sequence[int], out_di
             "shard_size": shard_size, "shards": shards, "items": n_items, "cached": len(index_to_row),
             "bad_items": n_items - len(index_to_row), "teacher": teacher.describe(),
             "seconds": round(time.time() - t0, 2), "created": time.time()}
-    _atomic_json(meta_path, meta)
+    atomic_write_json(meta_path, meta, fsync=False)
     log.info("target cache: %d items (%d bad) -> %s in %.1fs", len(index_to_row), meta["bad_items"], out,
              meta["seconds"])
     return out

@@ -25,8 +25,9 @@ import torch
 from teachers.arch import KNOWN_HEADS, ArchFacts
 from teachers.backbones import TimmGenericBackbone
 from teachers.files import describe, is_safetensors, read_checkpoint, safetensors_header
+from teachers.frozen import PRESETS, FrozenTeacher
 from teachers.loading import KeyReport, build_and_load, strip_prefixes, unwrap
-from teachers.registry import Built, register
+from teachers.registry import Built, load, register
 from usjepa.models.checkpoint_io import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -197,3 +198,21 @@ def build_timm(checkpoint: str, *, strict: bool = True, arch: str = "", img_size
         norm_stats, norm_source = None, ""
     return Built(TimmGenericBackbone(model, arch), report=report, arch=arch, norm_stats=norm_stats,
                  norm_source=norm_source, facts=facts)
+
+
+def frozen_timm(arch: str, checkpoint: str = "", model_kwargs: Mapping | None = None,
+                precision: str = "auto") -> FrozenTeacher:
+    """A timm model as a frozen encoder (the probe suite's `kind: timm`): with a checkpoint, this family's load
+    (safe read, strict keys, the checkpoint's own statistics); without one, timm's random initialisation (drawn
+    from the caller's RNG) normalised with the model's pretrained_cfg statistics, else ImageNet's."""
+    if checkpoint:
+        return load("timm", checkpoint, arch=arch, model_kwargs=dict(model_kwargs or {}), norm="model",
+                    precision=precision)
+    model = create(arch, 0, model_kwargs)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    own = "mean" in cfg and "std" in cfg
+    stats = (tuple(cfg["mean"]), tuple(cfg["std"])) if own else PRESETS["imagenet"]
+    where = f"timm's default pretrained_cfg of '{arch}'" if own else "ImageNet's (the model's pretrained_cfg has none)"
+    return FrozenTeacher(TimmGenericBackbone(model, arch), family="timm", norm="model", norm_stats=stats,
+                         norm_source=f"{where}; random init, no checkpoint",
+                         identity={"checkpoint": None, "arch": arch}, precision=precision)

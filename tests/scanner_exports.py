@@ -18,10 +18,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 
-from usjepa.data.bmode import Layout, make_layout, render, sample_acquisition
-from usjepa.data.dressing import CALIPER_COLOURS, dress
-from usjepa.data.phantom import LESIONS, ORGANS, Probe, sample_phantom, sample_probe
-from usjepa.data.simulate import simulate_frame
+from usjepa.data.sim.bmode import Layout, make_layout, render, sample_acquisition
+from usjepa.data.sim.dressing import CALIPER_COLOURS, dress
+from usjepa.data.sim.phantom import LESIONS, ORGANS, Probe, sample_phantom, sample_probe
+from usjepa.data.sim.simulate import simulate_frame
 
 SIM_SIDE = 320  # panes are simulated at most this large and scaled up, as scanners scale their scan conversion
 
@@ -338,12 +338,12 @@ def by_name(seed: int = 0) -> dict[str, Export]:
     return {e.name: e for e in realistic_exports(seed)}
 
 
-def write_dicom(path, frames: np.ndarray, patient: str = "P1") -> None:
-    """A minimal uncompressed secondary-capture DICOM: uint8 RGB frames [N, H, W, 3] (or one frame [H, W, 3])."""
+def write_dicom_frames(path, frames: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 8,
+                       patient: str = "P1", modality: str = "") -> None:
+    """A minimal uncompressed DICOM (secondary capture) holding frames [N, H, W] or [N, H, W, 3]."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-    frames = frames[None] if frames.ndim == 3 else frames
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -352,11 +352,23 @@ def write_dicom(path, frames: np.ndarray, patient: str = "P1") -> None:
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.PatientID = patient
-    ds.Modality = "US"
-    n, ds.Rows, ds.Columns = frames.shape[:3]
+    if modality:
+        ds.Modality = modality
+    n, h, w = frames.shape[:3]
+    ds.Rows, ds.Columns = h, w
     if n > 1:
         ds.NumberOfFrames = n
-    ds.SamplesPerPixel, ds.PlanarConfiguration, ds.PhotometricInterpretation = 3, 0, "RGB"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = np.ascontiguousarray(frames, np.uint8).tobytes()
+    colour = frames.ndim == 4
+    ds.SamplesPerPixel = 3 if colour else 1
+    if colour:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16 if bits > 8 else 8
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+    ds.PixelData = np.ascontiguousarray(frames, np.uint16 if bits > 8 else np.uint8).tobytes()
     ds.save_as(path, enforce_file_format=True)
+
+
+def write_dicom(path, frames: np.ndarray, patient: str = "P1") -> None:
+    """A scanner-like US DICOM of uint8 RGB frames [N, H, W, 3] (or one frame [H, W, 3])."""
+    write_dicom_frames(path, frames[None] if frames.ndim == 3 else frames, "RGB", 8, patient, modality="US")

@@ -125,7 +125,7 @@ def test_missing_paths_and_a_full_disk(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def sim_root(tmp_path_factory) -> Path:
-    from usjepa.data.simulate import simulate_dataset
+    from usjepa.data.sim.simulate import simulate_dataset
 
     root = tmp_path_factory.mktemp("clisim") / "sim"
     simulate_dataset(root, 16, "lesion", seed=1, size=64, frames_per_patient=2)

@@ -14,7 +14,7 @@ from usjepa.data.preprocess import (
     region_bbox,
     remove_overlays,
 )
-from usjepa.data.simulate import simulate_frame
+from usjepa.data.sim.simulate import simulate_frame
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from usjepa.data.bmode import Acquisition, make_layout, render, scan_convert, scan_coordinates, simulate_polar
 from usjepa.data.errors import DataError
-from usjepa.data.phantom import Ellipse, Lesion, Phantom, Probe, sample_lesion, sample_probe
 from usjepa.data.pool import starmap_bounded
-from usjepa.data.simulate import add_arguments, run_from_args, simulate_dataset, simulate_frame
+from usjepa.data.sim.bmode import Acquisition, make_layout, render, scan_convert, scan_coordinates, simulate_polar
+from usjepa.data.sim.phantom import Ellipse, Lesion, Phantom, Probe, sample_lesion, sample_probe
+from usjepa.data.sim.simulate import add_arguments, run_from_args, simulate_dataset, simulate_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,7 +141,7 @@ def test_dataset_is_deterministic_and_patient_grouped(tmp_path):
 
 
 def test_frames_of_one_patient_share_the_phantom(tmp_path):
-    from usjepa.data.simulate import _patient
+    from usjepa.data.sim.simulate import _patient
 
     def frames(p):
         d = tmp_path / str(p)
@@ -229,7 +229,7 @@ if sys.argv[2] == "ignore":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 else:
     signal.signal(signal.SIGTERM, lambda *a: None)
-from usjepa.data.simulate import simulate_dataset
+from usjepa.data.sim.simulate import simulate_dataset
 simulate_dataset(sys.argv[1], 6, "lesion", seed=2, size=64, frames_per_patient=2, workers=3)
 """
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.scanner_exports import write_dicom_frames
 from usjepa.data import DataConfig, DataError, build_dataset, collate_skip_bad
 from usjepa.data.errors import BadItem
 from usjepa.data.sources import decode, read_ultrabench, scan_folder
@@ -19,34 +20,6 @@ from usjepa.data.sources import decode, read_ultrabench, scan_folder
 def _ramp(h=40, w=48) -> np.ndarray:
     y, x = np.mgrid[0:h, 0:w]
     return ((x + 2 * y) * 255 / (w + 2 * h)).astype(np.uint8)
-
-
-def _write_dicom(path, frames: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 8, patient: str = "P1"):
-    """A minimal uncompressed DICOM (secondary capture) holding frames [N, H, W] or [N, H, W, 3]."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientID = patient
-    n, h, w = frames.shape[:3]
-    ds.Rows, ds.Columns = h, w
-    if n > 1:
-        ds.NumberOfFrames = n
-    colour = frames.ndim == 4
-    ds.SamplesPerPixel = 3 if colour else 1
-    if colour:
-        ds.PlanarConfiguration = 0
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16 if bits > 8 else 8
-    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
-    ds.PixelData = frames.astype(np.uint16 if bits > 8 else np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 def test_folder_reads_8_and_16_bit_and_reports_each_bad_file(tmp_path):
@@ -105,8 +78,8 @@ def test_bad_items_are_counted_across_dataloader_workers(tmp_path):
 def test_dicom_monochrome_single_and_multi_frame(tmp_path, photometric):
     base = _ramp()
     frames = np.stack([base // (k + 1) for k in range(5)])
-    _write_dicom(tmp_path / "cine.dcm", frames, photometric, patient="PAT7")
-    _write_dicom(tmp_path / "single.dcm", frames[:1], photometric, bits=12, patient="PAT8")
+    write_dicom_frames(tmp_path / "cine.dcm", frames, photometric, patient="PAT7")
+    write_dicom_frames(tmp_path / "single.dcm", frames[:1], photometric, bits=12, patient="PAT8")
     df = scan_folder(str(tmp_path), {"dicom"}, stride=2)
     cine = df[df["path"].str.endswith("cine.dcm")]
     assert cine["frame"].tolist() == [0, 2, 4] and set(cine["patient_id"]) == {"PAT7"}
@@ -123,8 +96,8 @@ def test_dicom_rgb_and_ybr(tmp_path):
     from pydicom.pixels import convert_color_space
 
     rgb = np.stack([_ramp(), _ramp()[::-1], np.full((40, 48), 90, np.uint8)], axis=2)
-    _write_dicom(tmp_path / "rgb.dcm", rgb[None], "RGB")
-    _write_dicom(tmp_path / "ybr.dcm", convert_color_space(rgb, "RGB", "YBR_FULL")[None], "YBR_FULL")
+    write_dicom_frames(tmp_path / "rgb.dcm", rgb[None], "RGB")
+    write_dicom_frames(tmp_path / "ybr.dcm", convert_color_space(rgb, "RGB", "YBR_FULL")[None], "YBR_FULL")
     assert np.allclose(decode(str(tmp_path / "rgb.dcm"), "dicom"), rgb / 255.0, atol=1e-4)
     assert np.abs(decode(str(tmp_path / "ybr.dcm"), "dicom") - rgb / 255.0).max() < 3 / 255
 
@@ -229,9 +202,9 @@ def test_dicom_frame_count_is_checked_against_the_pixel_data(tmp_path, caplog):
     from pydicom.uid import RLELossless
 
     frames = np.stack([np.roll(_ramp(), 5 * k, axis=1) for k in range(4)])
-    _write_dicom(tmp_path / "short.dcm", frames)
+    write_dicom_frames(tmp_path / "short.dcm", frames)
     _set_frames(tmp_path / "short.dcm", 10)  # the header promises 10 frames; the pixel data holds 4
-    _write_dicom(tmp_path / "rle.dcm", frames)  # the same lie in an encapsulated (compressed) file
+    write_dicom_frames(tmp_path / "rle.dcm", frames)  # the same lie in an encapsulated (compressed) file
     ds = pydicom.dcmread(tmp_path / "rle.dcm")
     ds.compress(RLELossless)
     ds.NumberOfFrames = 7
@@ -252,8 +225,8 @@ def test_dicom_frame_count_is_checked_against_the_pixel_data(tmp_path, caplog):
 
 
 def test_dicom_without_a_readable_patient_id_is_counted_and_logged(tmp_path, caplog):
-    _write_dicom(tmp_path / "a.dcm", _ramp()[None], patient="PAT1")
-    _write_dicom(tmp_path / "b.dcm", _ramp()[None], patient="  ")  # blank
+    write_dicom_frames(tmp_path / "a.dcm", _ramp()[None], patient="PAT1")
+    write_dicom_frames(tmp_path / "b.dcm", _ramp()[None], patient="  ")  # blank
     (tmp_path / "c.dcm").write_bytes(b"\x00" * 10)  # unreadable header
     with caplog.at_level(logging.WARNING, logger="usjepa.data.sources"):
         df = scan_folder(str(tmp_path), {"dicom"})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from usjepa.data.preprocess import region_bbox
-from usjepa.data.simulate import simulate_frame
+from usjepa.data.sim.simulate import simulate_frame
 from usjepa.data.transforms import TRIVIAL_OPS, augment_geometry, crop_resize, photometric, resize_full, sample_crop
 
 

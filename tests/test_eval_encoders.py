@@ -74,3 +74,27 @@ def test_teacher_zoo_specs_are_probed_through_their_own_output(tmp_path):
     inner = build_probe_encoder("t", _spec(kind="teacher", teacher=dict(family="random", patch_size=8, layer=0,
                                                                         options=opts)))
     assert not inner.use_intermediate and inner.identity != final.identity
+
+
+def test_timm_weights_load_through_the_teacher_zoo(tmp_path):
+    """A timm file is read by the zoo's timm family (safe read, strict keys) into the zoo's one wrapper."""
+    import timm
+
+    from teachers.frozen import FrozenTeacher
+    from usjepa.models.checkpoint_io import CheckpointError
+
+    opts = dict(img_size=32, patch_size=8, depth=2, in_chans=3)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **opts).eval()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    enc = build_probe_encoder("timm", _spec(kind="timm", timm_model="vit_tiny_patch16_224", timm_options=opts,
+                                            path=str(tmp_path / "w.pt")))
+    assert isinstance(enc.module, FrozenTeacher) and enc.module.family == "timm"
+    x = torch.rand(2, 3, 32, 32)
+    mean, std = torch.tensor(model.pretrained_cfg["mean"]), torch.tensor(model.pretrained_cfg["std"])
+    with torch.no_grad():
+        want = model.forward_features((x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))[:, 1:]
+    torch.testing.assert_close(enc.module(x), want)
+    torch.save({"pos_embed": torch.zeros(3)}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="bad.pt"):  # strict keys: another model is refused by name
+        build_probe_encoder("timm", _spec(kind="timm", timm_model="vit_tiny_patch16_224", timm_options=opts,
+                                          path=str(tmp_path / "bad.pt")))

@@ -171,3 +171,12 @@ def test_checkpoint_resubmits_the_same_callable_until_the_budget_is_spent(tmp_pa
 def test_job_survives_pickling(tmp_path) -> None:
     job = cloudpickle.loads(cloudpickle.dumps(_job(tmp_path, preempt=False)))
     assert job.run_dir == tmp_path / "run" and job().status == "completed"
+
+
+def test_a_job_pickled_before_the_probe_suite_moved_still_finds_its_entry():
+    """Queued or requeued probe jobs name `usjepa.eval.benchmark:run_probe`, the module's name before it became
+    `usjepa.eval.suite`."""
+    from usjepa.eval.suite import run_probe
+
+    assert job_mod._import("usjepa.eval.benchmark:run_probe") is run_probe
+    assert job_mod._import("usjepa.eval.suite:run_probe") is run_probe

@@ -3,7 +3,7 @@
 import json
 
 from launch.submit import is_probe_config, resolve_run_config, run_folder, submit_run
-from tests.test_eval_benchmark import FAST, write_suite
+from tests.test_eval_suite import FAST, write_suite
 
 
 def test_probe_suite_submits_through_the_launcher(tmp_path):

@@ -67,14 +67,15 @@ def _metric_steps(run_dir: Path) -> list[int]:
         return []
 
 
-def _wait(job_ids: list[str], deadline: float) -> dict[str, str]:
+def _wait(job_ids: list[str], deadline: float, until: tuple[str, ...] = DONE_STATES) -> dict[str, str]:
+    """The jobs' states once every one is in `until` (ended, by default); a test failure at `deadline`."""
     states: dict[str, str] = {}
     while time.time() < deadline:
         states = slurm_job_states(job_ids)
-        if all(states.get(j, "").upper() in DONE_STATES for j in job_ids):
+        if all(states.get(j, "").upper() in until for j in job_ids):
             return states
         time.sleep(2)
-    pytest.fail(f"SLURM jobs not finished after {DEADLINE_S}s: {states}")
+    pytest.fail(f"SLURM jobs not in {until} by the deadline: {states}")
 
 
 @pytest.fixture(scope="module")

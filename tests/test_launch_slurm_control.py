@@ -3,9 +3,6 @@ resubmitted as one array, `submit` on a completed run, and a hard `scontrol requ
 
 from __future__ import annotations
 
-import csv
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +11,8 @@ import pytest
 
 from launch.runfiles import read_events, read_json
 from launch.status import collect_status
-from launch.submit import resolve_run_config, slurm_job_states
+from launch.submit import resolve_run_config
+from tests.test_launch_slurm import _metric_steps, _need_cluster, _wait  # noqa: F401  (_need_cluster: autouse)
 from usjepa.cli import main
 from usjepa.data import build_dataset
 
@@ -24,38 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "pretrain" / "salt_vit_tiny_sim.yaml"
 TINY = ["data.num_images=24", "data.batch_size=4", "train.log_every=1", "train.progress=false", "train.threads=1",
         "model.depth=1", "predictor.depth=1", "launch.cpus_per_task=1", "launch.time=10"]
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL")
 DEADLINE_S = 480
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _need_cluster() -> None:
-    try:
-        ok = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        ok = False
-    if shutil.which("sinfo") and not ok:
-        if os.environ.get("USJEPA_REQUIRE_SLURM") == "1":
-            pytest.fail("USJEPA_REQUIRE_SLURM=1 but the SLURM controller does not answer")
-        pytest.skip("sinfo is on PATH but no SLURM controller answers; start one with `bash launch/slurm_local.sh up`")
-
-
-def _wait(job_ids: list[str], deadline: float, until=ENDED) -> dict[str, str]:
-    states: dict[str, str] = {}
-    while time.time() < deadline:
-        states = slurm_job_states(job_ids)
-        if all(states.get(j, "").upper() in until for j in job_ids):
-            return states
-        time.sleep(2)
-    pytest.fail(f"SLURM jobs not in {until} in time: {states}")
-
-
-def _steps(run_dir: Path) -> list[int]:
-    try:
-        with open(run_dir / "metrics.csv", newline="") as f:
-            return [int(r["step"]) for r in csv.DictReader(f) if r.get("step")]
-    except (OSError, ValueError):
-        return []
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +44,7 @@ def test_hard_requeue_counts_as_a_requeue_and_the_run_resumes(root) -> None:
                  "--cluster", "slurm"]) == 0
     job = str(read_json(run / "launch.json")["job_id"])
     deadline = time.time() + DEADLINE_S
-    while max(_steps(run), default=0) < 7:
+    while max(_metric_steps(run), default=0) < 7:
         assert time.time() < deadline, "the job never reached step 7"
         time.sleep(0.5)
     row = collect_status(run).iloc[0]
@@ -93,7 +60,7 @@ def test_hard_requeue_counts_as_a_requeue_and_the_run_resumes(root) -> None:
     row = collect_status(run).iloc[0]
     assert row["requeues"] == max(restarts, len(events["requeues"])) >= 1
     assert (row["step"], row["ckpt_step"], row["total"]) == (200, 200, 200)
-    assert _steps(run) == list(range(1, 201))  # resumed, no duplicated or lost rows
+    assert _metric_steps(run) == list(range(1, 201))  # resumed, no duplicated or lost rows
 
 
 def test_pending_members_cancel_and_resubmit_of_a_sweep(root, capsys) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from launch.runfiles import read_events, read_json
 from launch.submit import resolve_run_config
-from tests.test_launch_slurm import CONFIG, DONE_STATES, TINY, _cluster_answers, _metric_steps, _submit, _weights
+from tests.test_launch_slurm import CONFIG, TINY, _cluster_answers, _metric_steps, _submit, _wait, _weights
 from usjepa.data import build_dataset
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -26,18 +26,6 @@ SIGNAL_AFTER = 4
 def _need_cluster() -> None:
     if not _cluster_answers():
         pytest.skip("no SLURM controller answers; start one with `bash launch/slurm_local.sh up`")
-
-
-def _wait_done(job_ids: list[str], deadline: float) -> dict[str, str]:
-    from launch.submit import slurm_job_states
-
-    states: dict[str, str] = {}
-    while time.time() < deadline:
-        states = slurm_job_states(job_ids)
-        if all(states.get(j, "").upper() in DONE_STATES for j in job_ids):
-            return states
-        time.sleep(2)
-    pytest.fail(f"SLURM jobs not finished after {DEADLINE_S}s: {states}")
 
 
 def test_sigterm_saves_and_the_requeued_job_resumes_to_equal_weights(tmp_path: Path) -> None:
@@ -53,7 +41,7 @@ def test_sigterm_saves_and_the_requeued_job_resumes_to_equal_weights(tmp_path: P
         time.sleep(0.2)
     subprocess.run(["scontrol", "requeue", jobs["term"]], check=True)
     signalled_at = max(_metric_steps(term))
-    states = _wait_done(list(jobs.values()), start + DEADLINE_S)
+    states = _wait(list(jobs.values()), start + DEADLINE_S)
     assert states[jobs["term"]] == "COMPLETED" and states[jobs["ref"]] == "COMPLETED", states
 
     events = read_events(term)

@@ -116,3 +116,15 @@ def test_changed_settings_are_refused_forced_or_extended(reference, tmp_path, si
     # train.resume=never refuses a used folder
     with pytest.raises(ConfigError, match="train.resume=never"):
         run_training(_cfg("salt", run, sim_root, *COMMON, "train.resume=never"))
+
+
+def test_checkpoints_with_the_retired_sampler_and_scaler_entries_still_load(tmp_path):
+    """Format-1 checkpoints carried a "sampler" entry (never read) and a stub "scaler"; they load as before, and
+    neither entry is required of a checkpoint any more."""
+    old = {"version": 1, "step": 3, "objective": "salt", "model": {"w": torch.ones(2)}, "optimizer": {},
+           "rng": {}, "config": {}, "sampler": {"epoch": 0, "offset": 12}, "scaler": None}
+    torch.save(old, tmp_path / "old.pt")
+    ckpt = load_training_checkpoint(tmp_path / "old.pt")
+    assert ckpt["step"] == 3 and torch.equal(ckpt["model"]["w"], torch.ones(2))
+    torch.save({k: v for k, v in old.items() if k not in ("sampler", "scaler")}, tmp_path / "new.pt")
+    assert load_training_checkpoint(tmp_path / "new.pt")["step"] == 3

@@ -169,14 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     lazy = [
         (
             "simulate",
-            "usjepa.data.simulate",
+            "usjepa.data.sim.simulate",
             "add_arguments",
             "run_from_args",
             "write a simulated, labelled B-mode dataset",
         ),
         (
             "probe",
-            "usjepa.eval.benchmark",
+            "usjepa.eval.suite",
             "add_arguments",
             "run_from_args",
             "probe encoders on labelled datasets -> results table",

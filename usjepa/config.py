@@ -335,7 +335,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.data.colour_frames, COLOUR_FRAMES, "data.colour_frames")
     _check_data_source(cfg)
     if len(cfg.data.sim_lesion_size):
-        from usjepa.data.phantom import check_lesion_size
+        from usjepa.data.sim.phantom import check_lesion_size
 
         try:
             check_lesion_size(list(cfg.data.sim_lesion_size))

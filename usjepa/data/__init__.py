@@ -1,5 +1,5 @@
-"""Ultrasound data: B-mode simulator, sources (folders, manifests, DICOM, video, UltraBench), fan-aware
-preprocessing, seedable transforms, balanced sampling weights and patient-grouped splits."""
+"""Ultrasound data: the B-mode simulator (`usjepa.data.sim`), sources (folders, manifests, DICOM, video,
+UltraBench), fan-aware preprocessing, seedable transforms, balanced sampling weights and patient-grouped splits."""
 
 from usjepa.data.build import build_dataset, load_table, simulated_root
 from usjepa.data.config import DataConfig

@@ -44,7 +44,7 @@ def _usable_cpus() -> int:
 
 
 def _simulated_table(cfg) -> pd.DataFrame:
-    from usjepa.data.simulate import simulate_cached, simulate_dataset
+    from usjepa.data.sim.simulate import simulate_cached, simulate_dataset
 
     kw = {"size": cfg.sim_size, "frames_per_patient": cfg.sim_frames_per_patient, "dress_prob": cfg.sim_dress,
           "probe": cfg.sim_probe or None, "organ": cfg.sim_organ or None,

@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 
 from usjepa.data.errors import BadItem, DataError
 from usjepa.data.panes import PaneView, expand_items, views_of
-from usjepa.data.phantom import LESIONS, ORGANS
 from usjepa.data.preprocess import percentile_rescale, region_bbox, remove_overlays, to_gray
+from usjepa.data.sim.phantom import LESIONS, ORGANS
 from usjepa.data.sources import decode, read_mask
 from usjepa.data.transforms import augment_geometry, photometric, resize_full
 

@@ -21,6 +21,7 @@ import pandas as pd
 from usjepa.data.config import COLOUR_FRAMES, PANES
 from usjepa.data.errors import BadItem, DataError
 from usjepa.data.layout import Box, decolour, detect_layout, estimate_region, pane_region, regions_in
+from usjepa.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +138,7 @@ def scan_layouts(jobs: list[tuple[str, str, int]], workers: int = 1) -> list[dic
     else:
         out = [_scan_job(j) for j in jobs]
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(out))
-        os.replace(tmp, cache)
+        atomic_write_text(cache, json.dumps(out), fsync=False)  # a cache: a lost write costs a rescan
     except OSError as e:  # a read-only cache only costs a rescan next time
         log.warning("cannot write the layout cache %s: %s", cache, e)
     return out

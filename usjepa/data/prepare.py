@@ -31,6 +31,7 @@ from usjepa.data.panes import SCAN_VERSION, SKIP_REASON, PaneView, item_rows, la
 from usjepa.data.pool import starmap_bounded
 from usjepa.data.sources import decode
 from usjepa.data.transforms import crop_resize
+from usjepa.io.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,10 @@ def prepare_shard(job: dict) -> dict:
     table = parquet_safe(pd.DataFrame(items, columns=job["columns"]))
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
-    fmt.atomic_write_bytes(fmt.shard_file(out, "items", k), buf.getvalue())
+    atomic_write_bytes(fmt.shard_file(out, "items", k), buf.getvalue())
     summary = {"shard": k, "fingerprint": job["fingerprint"], "items": len(items), "problems": problems,
                "bytes": {kind: fmt.shard_file(out, kind, k).stat().st_size for kind in ("frames", "regions", "items")}}
-    fmt.atomic_write_bytes(fmt.shard_file(out, "shard", k), json.dumps(summary, indent=1).encode())
+    atomic_write_bytes(fmt.shard_file(out, "shard", k), json.dumps(summary, indent=1).encode())
     return summary
 
 
@@ -239,7 +240,7 @@ def _write_index(out: Path, n_shards: int) -> int:
     index = parquet_safe(pd.concat(parts, ignore_index=True))
     buf = io.BytesIO()
     index.to_parquet(buf, index=False)
-    fmt.atomic_write_bytes(out / fmt.INDEX, buf.getvalue())
+    atomic_write_bytes(out / fmt.INDEX, buf.getvalue())
     return len(index)
 
 
@@ -331,7 +332,7 @@ def _prepare_into(out: Path, cfg, settings: dict, table: pd.DataFrame, recs: lis
             "data": OmegaConf.to_container(data, resolve=True), "model_img_size": list(cfg.model.img_size),
             "git": {"commit": (g := git_info())["commit"], "dirty": bool(g["dirty_diff"])},
             "versions": package_versions(), "shards": len(chunks), "items": None}
-    fmt.atomic_write_bytes(out / fmt.META, json.dumps(meta, indent=1).encode())
+    atomic_write_bytes(out / fmt.META, json.dumps(meta, indent=1).encode())
     columns = list(table.columns) + ["pane", "colour", "box", *fmt.STORAGE_COLUMNS]
     scan = needs_scan(data, data.source)
     d = {k: getattr(data, k) for k in ("preprocess", "region", "channels", "panes", "colour_frames")}
@@ -354,7 +355,7 @@ def _prepare_into(out: Path, cfg, settings: dict, table: pd.DataFrame, recs: lis
             p.unlink()
     ordered = [summaries[k] for k in range(len(chunks))]
     problems = _problems_table(ordered)
-    fmt.atomic_write_bytes(out / fmt.BAD, problems.to_csv(index=False).encode())
+    atomic_write_bytes(out / fmt.BAD, problems.to_csv(index=False).encode())
     n_items = sum(s["items"] for s in ordered)
     n_bad = int((~problems["reason"].str.startswith(SKIP_REASON)).sum())
     if n_bad > data.bad_item_threshold * max(n_items + n_bad, 1):
@@ -365,6 +366,6 @@ def _prepare_into(out: Path, cfg, settings: dict, table: pd.DataFrame, recs: lis
         raise DataError(f"no item of {meta['source']} could be prepared: see {out / fmt.BAD}")
     meta["items"] = n_items
     meta["problems"] = len(problems)
-    fmt.atomic_write_bytes(out / fmt.META, json.dumps(meta, indent=1).encode())
+    atomic_write_bytes(out / fmt.META, json.dumps(meta, indent=1).encode())
     _write_index(out, len(chunks))  # last: the folder is finished
     return PrepareResult(out, "prepared", n_items, len(chunks), reused, problems)

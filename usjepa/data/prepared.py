@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from usjepa.data.shards import ShardReader
-from usjepa.data.transforms import Box, photometric, sample_crop
+from usjepa.data.transforms import Box, letterbox, photometric, sample_crop
 
 _U8 = np.float32(1.0 / 255.0)
 
@@ -37,23 +37,7 @@ def resize_full_u8(img: np.ndarray, region: np.ndarray | None, size: tuple[int, 
                    ) -> tuple[np.ndarray, np.ndarray | None]:
     """The whole uint8 frame at size (H, W), aspect kept and zero-padded ('pad') or stretched ('squash'): the
     geometry of usjepa.data.transforms.resize_full."""
-    h, w = img.shape[:2]
-    if mode == "squash":
-        return crop_resize_u8(img, region, (0, 0, w, h), size)
-    if mode != "pad":
-        raise ValueError(f"data.resize must be 'pad' or 'squash', got '{mode}'")
-    oh, ow = size
-    s = min(oh / h, ow / w)
-    nh, nw = max(1, min(oh, round(h * s))), max(1, min(ow, round(w * s)))
-    im, reg = crop_resize_u8(img, region, (0, 0, w, h), (nh, nw))
-    top, left = (oh - nh) // 2, (ow - nw) // 2
-    out = np.zeros((oh, ow) + img.shape[2:], np.uint8)
-    out[top:top + nh, left:left + nw] = im
-    r = None
-    if reg is not None:
-        r = np.zeros((oh, ow), bool)
-        r[top:top + nh, left:left + nw] = reg
-    return out, r
+    return letterbox(img, region, size, mode, crop_resize_u8, np.uint8)
 
 
 class PreparedDataset(torch.utils.data.Dataset):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from usjepa.data.errors import DataError
+from usjepa.io.atomic import atomic_write
 
 FORMAT = "usjepa-prepared"
 VERSION = 1
@@ -36,22 +37,9 @@ def shard_file(root: str | os.PathLike, kind: str, shard: int) -> Path:
     return Path(root) / f"{kind}-{shard:05d}.{ext}"
 
 
-def tmp_path(path: Path) -> Path:
-    """Where `path` is written before its atomic rename (a leftover one is cleaned up by the next run)."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def is_tmp(name: str) -> bool:
+    """A temp file of `usjepa.io.atomic` (`.NAME.tmp...`), left by a killed writer; the next run cleans it up."""
     return name.startswith(".") and ".tmp" in name
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = tmp_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def resolved_max_side(data_cfg, img_size) -> int:
@@ -112,13 +100,18 @@ def check_prepared(data_cfg, img_size) -> dict:
 # ----------------------------------------------------------------------------- writing
 
 
+class _Discarded(Exception):
+    """Thrown into an unfinished atomic write to drop its temp file."""
+
+
 class _NpyStream:
     """A 1-D uint8 .npy written piece by piece: header, bytes, then the header again with the final length (the
     header's size does not depend on the length). Committed by an atomic rename."""
 
     def __init__(self, path: Path):
-        self.path, self.tmp = path, tmp_path(path)
-        self.f = open(self.tmp, "wb")
+        self.path = path
+        self._write = atomic_write(path, "wb")
+        self.f = self._write.__enter__()
         self.start = self._header(0)
         self.n = 0
 
@@ -137,14 +130,11 @@ class _NpyStream:
     def commit(self) -> None:
         if self._header(self.n) != self.start:
             raise RuntimeError("npy header size changed")  # cannot happen with numpy's growth padding
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.replace(self.tmp, self.path)
+        self._write.__exit__(None, None, None)  # flush, fsync, rename over `path`
 
     def discard(self) -> None:
-        self.f.close()
-        self.tmp.unlink(missing_ok=True)
+        stop = _Discarded(self.path)
+        self._write.__exit__(type(stop), stop, None)  # removes the temp file; `path` is untouched
 
 
 def pack_region(mask: np.ndarray) -> np.ndarray:

@@ -34,24 +34,33 @@ def crop_resize(img: np.ndarray, region: np.ndarray, box: Box, size: tuple[int, 
     return _stack(out), reg
 
 
-def resize_full(img: np.ndarray, region: np.ndarray, size: tuple[int, int], mode: str = "pad"
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """The whole frame at size (H, W): aspect kept and zero-padded ('pad') or stretched ('squash')."""
+def letterbox(img: np.ndarray, region: np.ndarray | None, size: tuple[int, int], mode: str, resize, dtype
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The whole frame at size (H, W) through `resize(img, region, box, size)`: aspect kept and zero-padded
+    ('pad') or stretched ('squash'). The one geometry of `resize_full` and of prepared shards' uint8 frames."""
     h, w = img.shape[:2]
     if mode == "squash":
-        return crop_resize(img, region, (0, 0, w, h), size)
+        return resize(img, region, (0, 0, w, h), size)
     if mode != "pad":
         raise ValueError(f"data.resize must be 'pad' or 'squash', got '{mode}'")
     oh, ow = size
     s = min(oh / h, ow / w)
     nh, nw = max(1, min(oh, round(h * s))), max(1, min(ow, round(w * s)))
-    im, reg = crop_resize(img, region, (0, 0, w, h), (nh, nw))
+    im, reg = resize(img, region, (0, 0, w, h), (nh, nw))
     top, left = (oh - nh) // 2, (ow - nw) // 2
-    out = np.zeros((oh, ow) + img.shape[2:], np.float32)
+    out = np.zeros((oh, ow) + img.shape[2:], dtype)
     out[top:top + nh, left:left + nw] = im
+    if reg is None:
+        return out, None
     r = np.zeros((oh, ow), bool)
     r[top:top + nh, left:left + nw] = reg
     return out, r
+
+
+def resize_full(img: np.ndarray, region: np.ndarray, size: tuple[int, int], mode: str = "pad"
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The whole frame at size (H, W): aspect kept and zero-padded ('pad') or stretched ('squash')."""
+    return letterbox(img, region, size, mode, crop_resize, np.float32)
 
 
 def sample_crop(rng: np.random.Generator, region: np.ndarray, scale: tuple[float, float] = (0.6, 1.0),

@@ -5,7 +5,6 @@ runs a whole suite (encoders x datasets x protocol) into one results table.
 """
 
 from usjepa.eval.attentive import attentive_probe
-from usjepa.eval.benchmark import ProbeResult, run_probe
 from usjepa.eval.config import ProbeRunConfig, load_probe_config
 from usjepa.eval.corruptions import apply_corruption
 from usjepa.eval.encoders import build_probe_encoder
@@ -16,6 +15,7 @@ from usjepa.eval.metrics import bootstrap_ci, classification_metrics, regression
 from usjepa.eval.periodic import periodic_probe, quick_linear_probe
 from usjepa.eval.regression import regression_probe
 from usjepa.eval.splits import DegenerateSplitError, PatientLeakageError, check_no_leakage
+from usjepa.eval.suite import ProbeResult, run_probe
 
 __all__ = ["DegenerateSplitError", "FeatureSet", "PatientLeakageError", "ProbeResult", "ProbeRunConfig",
            "apply_corruption", "attentive_probe", "bootstrap_ci", "build_probe_encoder", "check_no_leakage",

@@ -1,4 +1,5 @@
-"""Building the encoders a probe run compares: usjepa checkpoints, teacher-zoo specs, timm models, random init.
+"""Building the encoders a probe run compares: usjepa checkpoints, teacher-zoo specs, timm models (through the
+teacher zoo's timm family and FrozenTeacher, as every foreign model), random init.
 
 Every encoder obeys the package's encoder contract (`embed_dim`, `patch_size`, `forward(images) -> [B, N, D]`
 patch tokens from [0, 1] images). Each gets an identity hash of its weights, buffers and spec, which keys
@@ -16,13 +17,9 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass
 class ProbeEncoder:
@@ -50,48 +47,6 @@ def weights_hash(module: nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-class TimmEncoder(nn.Module):
-    """A timm ViT-style model behind the encoder contract: [0, 1] images in, prefix-free patch tokens out."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.embed_dim = int(getattr(model, "embed_dim", 0) or model.num_features)
-        ps = getattr(getattr(model, "patch_embed", None), "patch_size", 16)
-        self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
-        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
-        self.has_class_token = bool(getattr(model, "has_class_token", self.num_prefix_tokens > 0))
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        self.in_chans = int(getattr(getattr(model, "patch_embed", None), "proj", nn.Conv2d(3, 1, 1)).in_channels)
-        mean = cfg.get("mean", IMAGENET_MEAN)
-        std = cfg.get("std", IMAGENET_STD)
-        self.register_buffer("input_mean", torch.tensor(mean[: self.in_chans]).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("input_std", torch.tensor(std[: self.in_chans]).view(1, -1, 1, 1), persistent=False)
-
-    def prepare(self, images: Tensor) -> Tensor:
-        c = images.shape[1]
-        if c != self.in_chans:
-            images = images.expand(-1, self.in_chans, -1, -1) if c == 1 else images.mean(1, keepdim=True)
-        return (images - self.input_mean) / self.input_std
-
-    def forward(self, images: Tensor, keep: Tensor | None = None) -> Tensor:
-        x = self.model.forward_features(self.prepare(images))  # [B, P + N, D]
-        x = x[:, self.num_prefix_tokens:]
-        if keep is not None:
-            x = torch.gather(x, 1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return x
-
-    def get_intermediate_layers(self, images: Tensor, n: int = 1) -> list[tuple[Tensor, Tensor | None]]:
-        """(patch tokens [B, N, D], cls [B, D] or None) of the last n blocks, each through the final norm."""
-        feats = self.model.forward_intermediates(self.prepare(images), indices=n, norm=True, output_fmt="NLC",
-                                                 return_prefix_tokens=True, intermediates_only=True)
-        out = []
-        for tokens, prefix in feats:
-            cls = prefix[:, 0] if (self.has_class_token and prefix is not None and prefix.shape[1]) else None
-            out.append((tokens, cls))
-        return out
 
 
 def _random_like(module: nn.Module, seed: int) -> nn.Module:
@@ -123,7 +78,8 @@ def _spec_dict(spec) -> dict:
     return OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
 
 
-def _build_module(name: str, spec, specs, stack: tuple[str, ...]) -> tuple[nn.Module, bool]:
+def _build_module(name: str, spec, specs, stack: tuple[str, ...],
+                  device: str | torch.device = "cpu") -> tuple[nn.Module, bool]:
     kind = spec.kind
     if kind in ("student", "mae"):
         from usjepa.models import load_encoder_checkpoint
@@ -135,19 +91,19 @@ def _build_module(name: str, spec, specs, stack: tuple[str, ...]) -> tuple[nn.Mo
         t = spec.teacher
         # last-k / CLS features only when the teacher's output is its final block; else its own choice stands
         return teachers.load_spec(t), (t.layer in (-1, None) and t.mean_last_k == 1)
-    if kind == "timm":
-        import timm
+    if kind == "timm":  # a foreign model goes through the teacher zoo's loader and wrapper, as teachers do
+        from teachers.timm_family import frozen_timm
 
         opts = dict(_spec_dict(spec.timm_options)) if spec.timm_options else {}
-        model = timm.create_model(spec.timm_model, pretrained=False, num_classes=0,
-                                  checkpoint_path=spec.path or "", **opts)
-        return TimmEncoder(model), True
+        # the precision feature extraction autocasts to (bf16 on CUDA, else fp32), so the wrapper never overrides it
+        precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
+        return frozen_timm(spec.timm_model, spec.path or "", opts, precision=precision), True
     if kind == "random":
         like = spec.like
         if like in specs:
             if like in stack:
                 raise ValueError(f"encoders.{name}.like forms a cycle: {' -> '.join(stack + (like,))}")
-            base, inter = _build_module(like, specs[like], specs, stack + (like,))
+            base, inter = _build_module(like, specs[like], specs, stack + (like,), device)
         elif Path(like).exists():
             from usjepa.models import load_encoder_checkpoint
 
@@ -162,7 +118,7 @@ def _build_module(name: str, spec, specs, stack: tuple[str, ...]) -> tuple[nn.Mo
 def build_probe_encoder(name: str, spec, specs: dict | None = None, device: str | torch.device = "cpu") -> ProbeEncoder:
     """Build, freeze and fingerprint the encoder `name` of a probe config (`specs` resolves `like`)."""
     specs = specs if specs is not None else {name: spec}
-    module, inter = _build_module(name, spec, specs, (name,))
+    module, inter = _build_module(name, spec, specs, (name,), device)
     module = module.eval().requires_grad_(False).to(device)
     for attr in ("embed_dim", "patch_size"):
         if not hasattr(module, attr):

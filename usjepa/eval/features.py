@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,8 +21,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from usjepa.data.dataset import collate_skip_bad
 from usjepa.eval.corruptions import apply_corruption
 from usjepa.eval.encoders import ProbeEncoder
+from usjepa.io.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = "1"
@@ -110,10 +111,8 @@ def save_features(path: Path, fs: FeatureSet, meta: dict) -> None:
         tensors["cls"] = fs.cls.contiguous()
     if fs.tokens is not None:
         tensors["tokens"] = fs.tokens.contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta), "patient_id": json.dumps(fs.patient_id)})
-    os.replace(tmp, path)
+    with atomic_write(path, mode=None, fsync=False) as tmp:  # a cache: a lost write is recomputed
+        save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta), "patient_id": json.dumps(fs.patient_id)})
 
 
 def load_features(path: Path) -> FeatureSet | None:
@@ -136,18 +135,22 @@ def load_features(path: Path) -> FeatureSet | None:
 # ----------------------------------------------------------------------------- extraction
 
 
-def _collate(batch: list) -> dict | None:
-    items = [b for b in batch if b is not None]
-    if not items:
+def _probe_item(b: dict | None) -> dict | None:
+    """The fields a probe reads, with defaults for sources that leave some out (no region: the whole image)."""
+    if b is None:
         return None
-    out = {"image": torch.stack([b["image"] for b in items]), "index": torch.tensor([int(b["index"]) for b in items])}
-    h, w = out["image"].shape[-2:]
-    out["region"] = torch.stack([b["region"] if b.get("region") is not None else torch.ones(h, w, dtype=torch.bool)
-                                 for b in items])
-    out["label"] = torch.tensor([int(b.get("label", -1)) for b in items], dtype=torch.long)
-    out["target"] = torch.tensor([float(b.get("target", float("nan"))) for b in items], dtype=torch.float32)
-    out["patient_id"] = [str(b.get("patient_id", "")) for b in items]
-    return out
+    h, w = b["image"].shape[-2:]
+    region = b.get("region")
+    return {"image": b["image"], "index": int(b["index"]),
+            "region": region if region is not None else torch.ones(h, w, dtype=torch.bool),
+            "label": torch.tensor(int(b.get("label", -1)), dtype=torch.long),
+            "target": torch.tensor(float(b.get("target", float("nan"))), dtype=torch.float32),
+            "patient_id": str(b.get("patient_id", ""))}
+
+
+def _collate(batch: list) -> dict | None:
+    """A probe batch (see `_probe_item`); bad items (None) are dropped, None when all were bad."""
+    return collate_skip_bad([_probe_item(b) for b in batch])
 
 
 class _Indexed(Dataset):

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from usjepa.io.atomic import atomic_write, atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 ROWS = "rows.jsonl"
@@ -74,12 +76,6 @@ def results_frame(rows: list[dict]) -> pd.DataFrame:
             df[c] = np.nan
     df = df.drop_duplicates(subset=KEY, keep="last")
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]].reset_index(drop=True)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _fmt(row: pd.Series) -> str:
@@ -158,9 +154,8 @@ def bar_chart(df: pd.DataFrame, path: Path) -> bool:
     ax.set_title("linear probe, full training set (95% bootstrap CI)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_write(path, mode=None, fsync=False) as tmp:  # the temp name has no suffix: name the format
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     return True
 
 
@@ -169,9 +164,9 @@ def write_tables(out_dir: str | Path, plot: bool = True, notes: list[str] | tupl
     datasets a run skipped) are added at the foot of results.md."""
     out_dir = Path(out_dir)
     df = results_frame(load_rows(out_dir))
-    _atomic_write_bytes(out_dir / "results.csv", df.to_csv(index=False).encode())
+    atomic_write_bytes(out_dir / "results.csv", df.to_csv(index=False).encode(), fsync=False)
     md = markdown_tables(df) + "".join(f"\n{n}\n" for n in notes)
-    _atomic_write_bytes(out_dir / "results.md", md.encode())
+    atomic_write_bytes(out_dir / "results.md", md.encode(), fsync=False)
     if plot:
         try:
             bar_chart(df, out_dir / "results.png")

@@ -5,7 +5,7 @@
 | `config.yaml`, `env.json`, `git_diff.patch` | `write_config` (submit and trainer) | every start |
 | `resume_history.jsonl` | `write_config` | when a resumed run's settings differ from the saved ones |
 | `launch.json`, `job_events.json` | the launcher | at submission / job start and requeue |
-| `status.json` | the trainer | at start, checkpoints, the end, and on failure |
+| `status.json` | the trainer (a probe suite: `usjepa.eval.suite`) | at start, checkpoints, the end, and on failure |
 | `metrics.csv` | the trainer | one row per logged step |
 | `latest.pt`, `step_N.pt`, `best.pt`, `encoder.safetensors` | the trainer | checkpoints and the export |
 | `run.lock` | the trainer (and the SLURM job wrapper) | held for the whole run |

@@ -40,13 +40,15 @@ def _block(
     return m
 
 
-def _idx(m: np.ndarray) -> np.ndarray:
+def flat_indices(m: np.ndarray) -> np.ndarray:
+    """A boolean grid as the sorted raster indices of its True patches."""
     return np.flatnonzero(m.reshape(-1)).astype(np.int64)
 
 
 @dataclass
-class MultiBlockMasker:
-    """I-JEPA / US-JEPA: one context block minus `num_targets` target blocks, each target predicted on its own."""
+class MultiBlockSettings:
+    """The multi-block settings (I-JEPA defaults) that both multi-block samplers take: the per-sample
+    `MultiBlockMasker` here and the reference `usjepa.masks.reference.IJepaMultiBlock`."""
 
     grid: tuple[int, int]
     context_scale: tuple[float, float] = (0.85, 1.0)
@@ -59,6 +61,11 @@ class MultiBlockMasker:
     tau: int = 1
     max_tries: int = 20
     num_pairs = 1
+
+
+@dataclass
+class MultiBlockMasker(MultiBlockSettings):
+    """I-JEPA / US-JEPA: one context block minus `num_targets` target blocks, each target predicted on its own."""
 
     @property
     def min_context(self) -> int:
@@ -85,20 +92,21 @@ class MultiBlockMasker:
                 if not self.allow_overlap:
                     c &= ~covered
                 if c.sum() >= min(self.min_context, max(1, n_valid - int(covered.sum()))):
-                    return [(_idx(c), [_idx(t) for t in targets])]
+                    return [(flat_indices(c), [flat_indices(t) for t in targets])]
         # rare fallback: all valid non-target patches as context (never an empty context)
         c = valid & ~covered
         if not c.any():
             c = valid.copy()
-            c.flat[_idx(targets[0])[:1]] = False
+            c.flat[flat_indices(targets[0])[:1]] = False
             c = c if c.any() else valid
         log.debug("mask sampler fell back to the complement context")
-        return [(_idx(c), [_idx(t) for t in targets])]
+        return [(flat_indices(c), [flat_indices(t) for t in targets])]
 
 
 @dataclass
-class ComplementMasker:
-    """V-JEPA / SALT: for each generator, the union of `num_blocks` blocks is the target, its complement the context."""
+class ComplementSettings:
+    """The long-short complement settings (V-JEPA / SALT defaults) that both complement samplers take: the
+    per-sample `ComplementMasker` here and the reference `usjepa.masks.reference.VJepaMultiBlock`."""
 
     grid: tuple[int, int]
     generators: tuple[tuple[int, float], ...] = ((8, 0.15), (2, 0.7))  # (num_blocks, spatial scale)
@@ -109,6 +117,11 @@ class ComplementMasker:
     @property
     def num_pairs(self) -> int:
         return len(self.generators)
+
+
+@dataclass
+class ComplementMasker(ComplementSettings):
+    """V-JEPA / SALT: for each generator, the union of `num_blocks` blocks is the target, its complement the context."""
 
     def __call__(self, rng: np.random.Generator, valid: np.ndarray | None = None) -> list[MaskPair]:
         valid = np.ones(self.grid, dtype=bool) if valid is None else valid.reshape(self.grid)
@@ -124,11 +137,11 @@ class ComplementMasker:
                 if tgt.sum() >= tau and ctx.sum() >= tau:
                     break
             else:  # keep at least one patch on each side
-                flat = _idx(valid)
+                flat = flat_indices(valid)
                 ctx = np.zeros(self.grid, dtype=bool)
                 ctx.flat[flat[: max(1, len(flat) // 10)]] = True
                 tgt = valid & ~ctx
-            pairs.append((_idx(ctx), [_idx(tgt)]))
+            pairs.append((flat_indices(ctx), [flat_indices(tgt)]))
         return pairs
 
 
@@ -142,7 +155,7 @@ class RandomMasker:
 
     def __call__(self, rng: np.random.Generator, valid: np.ndarray | None = None) -> list[MaskPair]:
         n = self.grid[0] * self.grid[1]
-        pool = np.arange(n) if valid is None else _idx(valid.reshape(self.grid))
+        pool = np.arange(n) if valid is None else flat_indices(valid.reshape(self.grid))
         if len(pool) < 2:
             pool = np.arange(n)
         perm = rng.permutation(pool)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from usjepa.masks.collator import MaskBatch
+from usjepa.masks.multiblock import ComplementSettings, MultiBlockSettings, flat_indices
 
 RETRIES = 20  # I-JEPA's placement timeout before it relaxes a constraint
 
@@ -57,10 +58,6 @@ def truncate_to_min(rows: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack([r[:k] for r in rows]).astype(np.int64))
 
 
-def _idx(m: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(m.reshape(-1)).astype(np.int64)
-
-
 def _box(grid: tuple[int, int], top: int, left: int, h: int, w: int) -> np.ndarray:
     m = np.zeros(grid, dtype=bool)
     m[top : top + h, left : left + w] = True
@@ -68,20 +65,8 @@ def _box(grid: tuple[int, int], top: int, left: int, h: int, w: int) -> np.ndarr
 
 
 @dataclass
-class IJepaMultiBlock:
+class IJepaMultiBlock(MultiBlockSettings):
     """I-JEPA MaskCollator semantics: one context block minus `num_targets` target blocks per image."""
-
-    grid: tuple[int, int]
-    context_scale: tuple[float, float] = (0.85, 1.0)
-    context_aspect: tuple[float, float] = (1.0, 1.0)
-    target_scale: tuple[float, float] = (0.075, 0.125)
-    target_aspect: tuple[float, float] = (0.75, 1.5)
-    num_targets: int = 4
-    min_keep: int = 10
-    allow_overlap: bool = False
-    tau: int = 1
-    max_tries: int = 20
-    num_pairs = 1
 
     def block_shape(self, rng: np.random.Generator, scale, aspect) -> tuple[int, int]:
         """One uniform draw sets scale and aspect together (I-JEPA's `_sample_block_size`)."""
@@ -151,8 +136,8 @@ class IJepaMultiBlock:
             rng = item_rng(s)
             v = None if valid is None else valid[i].reshape(self.grid)
             blocks = [self._target(rng, th, tw, v) for _ in range(self.num_targets)]
-            targets.append([_idx(t) for t, _ in blocks])
-            contexts.append(_idx(self._context(rng, ch, cw, [~b for _, b in blocks], v)))
+            targets.append([flat_indices(t) for t, _ in blocks])
+            contexts.append(flat_indices(self._context(rng, ch, cw, [~b for _, b in blocks], v)))
         if not truncate:
             return [(contexts, targets)]
         B, T = len(seeds), self.num_targets
@@ -163,19 +148,9 @@ class IJepaMultiBlock:
 
 
 @dataclass
-class VJepaMultiBlock:
+class VJepaMultiBlock(ComplementSettings):
     """V-JEPA `multiblock3d` semantics in 2-D: per generator, the union of blocks is the target, its complement
     the context (one mask pair per generator)."""
-
-    grid: tuple[int, int]
-    generators: tuple[tuple[int, float], ...] = ((8, 0.15), (2, 0.7))  # (num_blocks, spatial scale)
-    aspect: tuple[float, float] = (0.75, 1.5)
-    tau: int = 1
-    max_tries: int = 20
-
-    @property
-    def num_pairs(self) -> int:
-        return len(self.generators)
 
     def block_shape(self, rng: np.random.Generator, scale: float) -> tuple[int, int]:
         """Independent temporal (unused in 2-D), scale and aspect draws (V-JEPA's `_sample_block_size`)."""
@@ -200,7 +175,7 @@ class VJepaMultiBlock:
             ctx = full & ~tgt
             if ctx.sum() >= tau and tgt.sum() >= tau:
                 return ctx, tgt
-        flat = _idx(full)  # keep one patch in ten visible rather than loop forever
+        flat = flat_indices(full)  # keep one patch in ten visible rather than loop forever
         ctx = np.zeros(self.grid, dtype=bool)
         ctx.flat[flat[: max(1, len(flat) // 10)]] = True
         return ctx, full & ~ctx
@@ -214,8 +189,8 @@ class VJepaMultiBlock:
             contexts, targets = [], []
             for i, rng in enumerate(rngs):
                 ctx, tgt = self._pair(rng, n_blocks, h, w, None if valid is None else valid[i].reshape(self.grid))
-                contexts.append(_idx(ctx))
-                targets.append(_idx(tgt))
+                contexts.append(flat_indices(ctx))
+                targets.append(flat_indices(tgt))
             if not truncate:
                 out.append((contexts, [[t] for t in targets]))
             else:
@@ -239,7 +214,7 @@ class MAERandom:
         n = self.grid[0] * self.grid[1]
         contexts, targets = [], []
         for i, s in enumerate(seeds):
-            pool = np.arange(n) if valid is None else _idx(valid[i].reshape(self.grid))
+            pool = np.arange(n) if valid is None else flat_indices(valid[i].reshape(self.grid))
             if len(pool) < 2:
                 pool = np.arange(n)
             perm = item_rng(s).permutation(pool)

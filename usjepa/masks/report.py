@@ -7,12 +7,11 @@ of every drawn batch. `usjepa masks` prints it; every run folder records it as m
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from usjepa.io.atomic import atomic_write_json
 from usjepa.masks.collator import MaskBatch
 
 REPORT_FILE = "masks.json"
@@ -65,7 +64,4 @@ def format_report(stats: dict) -> str:
 def write_report(stats: dict, run_dir: str | Path) -> Path:
     """masks.json in the run folder, written atomically."""
     path = Path(run_dir) / REPORT_FILE
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(stats, indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, stats, fsync=False)

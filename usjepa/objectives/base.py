@@ -58,8 +58,13 @@ def masked_token_loss(pred: Tensor, target: Tensor, valid: Tensor | None, kind: 
 
 
 def normalise_targets(h: Tensor, kind: str) -> Tensor:
-    """Non-affine LayerNorm per token (I-JEPA / V-JEPA targets), or nothing."""
-    return F.layer_norm(h.float(), (h.shape[-1],)) if kind == "layernorm" else h.float()
+    """Non-affine LayerNorm per token (I-JEPA / V-JEPA targets), or nothing; float32 either way. The one
+    definition: the objectives and the teacher's target cache both use it, so cached targets match live ones."""
+    if kind == "layernorm":
+        return F.layer_norm(h.float(), (h.shape[-1],))
+    if kind == "none":
+        return h.float()
+    raise ValueError(f"unknown target_norm '{kind}'; use layernorm or none")
 
 
 def gather_targets(full: Tensor, m: MaskBatch) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from usjepa.eval import PatientLeakageError, load_probe_config, run_probe
-from usjepa.eval.benchmark import add_arguments, run_from_args
+from usjepa.eval.suite import add_arguments, run_from_args
 from usjepa.models import build_vit, export_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small probe workloads: one thread is fastest
@@ -243,8 +243,8 @@ def test_the_suite_carves_a_pocus_like_dataset_by_video(tmp_path):
     """UltraBench POCUS: records name their source video, no patient. The suite's train / val / test (val carved out
     of train+val as configs/probe/ultrabench.yaml does) never share a video."""
     from tests.test_data_splits import write_pocus_like
-    from usjepa.eval.benchmark import SuiteRunner
     from usjepa.eval.encoders import build_probe_encoder
+    from usjepa.eval.suite import SuiteRunner
 
     root = write_pocus_like(tmp_path / "ub", n_videos=12, frames=4, stills=4)
     cfg_path = write_suite(tmp_path, FAST)

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from usjepa.data.bmode import Acquisition, make_layout, render, sample_acquisition
-from usjepa.data.dressing import dress
-from usjepa.data.phantom import (
+from usjepa.data.sim.bmode import Acquisition, make_layout, render, sample_acquisition
+from usjepa.data.sim.dressing import dress
+from usjepa.data.sim.phantom import (
     LESION_SIZE,
     LESIONS,
     ORGANS,
@@ -33,6 +33,7 @@ from usjepa.data.phantom import (
     sample_probe,
 )
 from usjepa.data.splits import make_patient_splits
+from usjepa.io.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +158,8 @@ def simulate_dataset(out_dir: str | os.PathLike, n: int, task: str = "lesion", s
     df["target"] = df[target]
     df["task"] = task
     df["split"] = make_patient_splits(df["patient_id"].tolist(), split_fractions, seed)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".csv", dir=out)
-    os.close(fd)
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, manifest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(manifest, "w") as f:
+        df.to_csv(f, index=False)
     log.info("simulated %d frames of %d patients (task %s, seed %d) into %s", len(df), n_pat, task, seed, out)
     return manifest
 

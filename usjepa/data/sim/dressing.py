@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 
-from usjepa.data.bmode import Layout
-from usjepa.data.phantom import Probe
+from usjepa.data.sim.bmode import Layout
+from usjepa.data.sim.phantom import Probe
 
 CALIPER_COLOURS = ((255, 255, 0), (0, 255, 0), (0, 255, 255), (255, 0, 255))
 

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-from usjepa.data.phantom import Phantom, Probe, echo_map
+from usjepa.data.sim.phantom import Phantom, Probe, echo_map
 
 
 @dataclass

@@ -30,6 +30,7 @@ from usjepa.eval.encoders import ProbeEncoder, build_probe_encoder
 from usjepa.eval.features import FeatureSet, dataset_identity, extract_features
 from usjepa.eval.report import append_row, load_rows, write_tables
 from usjepa.eval.splits import DegenerateSplitError, cap_indices, carve, check_classes, check_no_leakage
+from usjepa.io.runfolder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -250,11 +251,8 @@ class SuiteRunner:
         """status.json in the trainer's format (step = finished result rows), so `usjepa status` follows probes."""
         total = len(self.cfg.encoders) * len(self.handles) * len(self.settings())
         done = sum(1 for k in self.done if k[0] in self.cfg.encoders and k[2] in self.handles)
-        doc = {"state": state, "step": min(done, total), "total_steps": total, "error": error,
-               "updated": time.time(), "last_ckpt": None, "skipped_datasets": self.skipped}
-        tmp = self.out_dir / f".status.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self.out_dir / "status.json")
+        RunFolder(self.out_dir).write_status(state=state, step=min(done, total), total_steps=total, error=error,
+                                             last_ckpt=None, skipped_datasets=self.skipped)
 
     def run(self) -> ProbeResult:
         from usjepa.config import save_run_config

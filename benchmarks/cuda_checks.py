@@ -175,14 +175,11 @@ def check_bf16_step(device, small: bool = False) -> dict:
 
 
 def compile_parts(objective) -> None:
-    """torch.compile of student, predictor and teacher in place (parameter names unchanged). The student and the
-    predictor are called as modules, so Module.compile covers them; a FrozenTeacher is entered through
-    `tokens_on_grid` -> `self.forward(...)`, a method call that Module.compile would not see, so its forward
-    itself is compiled."""
-    objective.student.compile()
-    objective.predictor.compile()
-    teacher = objective.teacher
-    teacher.forward = torch.compile(teacher.forward)
+    """torch.compile of student, predictor and teacher in place (parameter names unchanged), as `train.compile=true`
+    does in the trainer (`usjepa.models.compiling.compile_objective`)."""
+    from usjepa.models.compiling import compile_objective
+
+    compile_objective(objective)
 
 
 def check_compile(device, small: bool = False) -> dict:

@@ -74,6 +74,7 @@ def _assert_same_state(a: dict, b: dict, what: str) -> None:
             torch.testing.assert_close(s[k], b["optimizer"]["state"][i][k], atol=1e-5, rtol=0, msg=f"{what}: {k}")
 
 
+@pytest.mark.slow
 def test_two_process_fsdp_run_equals_one_process_and_resumes_both_ways(tmp_path, sim_root):
     """ref: 1 process, 4 steps. A: FSDP on 2 ranks to step 2, then resumed by 1 process (no sharding) to 4.
     B: 1 process to step 2, then resumed by FSDP on 2 ranks to 4. Losses and weights equal ref within 1e-5."""
@@ -83,7 +84,8 @@ def test_two_process_fsdp_run_equals_one_process_and_resumes_both_ways(tmp_path,
     assert run_training(load_config(CONFIG, _overrides(b, sim_root)), should_stop=_stop_at(2)).step == 2
     fsdp = ["train.sharding=fsdp"]
     jobs = [(_overrides(a, sim_root, *fsdp), 2), (_overrides(b, sim_root, *fsdp), None)]
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), _free_port(), jobs), nprocs=2, join=True)
+    mp.start_processes(_worker, args=(2, str(tmp_path / "store"), _free_port(), jobs), nprocs=2, join=True,
+                       start_method="fork")  # the parent has imported everything already: no re-import
     sharded_half = load_training_checkpoint(a / "latest.pt")
     assert sharded_half["step"] == 2
     env = json.loads((a / "env.json").read_text())["large_run"]

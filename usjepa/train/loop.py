@@ -34,7 +34,6 @@ from usjepa.train.checkpoint import FORMAT_VERSION, CheckpointWriter, load_train
 from usjepa.train.collectives import Collectives
 from usjepa.train.distributed import DistEnv, init_distributed, resolve_env
 from usjepa.train.mask_preview import record_masks
-from usjepa.train.placement import adamw_fused, full_tensors, localise_checkpoint, place_models
 from usjepa.train.periodic import (
     METRIC_FIELDS,
     MetricsWriter,
@@ -45,6 +44,7 @@ from usjepa.train.periodic import (
     TrainingLog,
     Validation,
 )
+from usjepa.train.placement import adamw_fused, full_tensors, localise_checkpoint, place_models
 from usjepa.train.resume import ResumePoint, find_resume_point, load_resume_state
 from usjepa.train.sampler import ResumableBatchSampler, SeededItems, epoch_length, item_seed
 from usjepa.train.schedules import optim_schedules

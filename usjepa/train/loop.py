@@ -29,6 +29,7 @@ from usjepa.config import ConfigError
 from usjepa.errors import UsjepaError
 from usjepa.io.runfolder import ENCODER, LATEST, RunFolder, resume_mode
 from usjepa.models.checkpoint_io import export_encoder
+from usjepa.models.sharding import full_tensors, localise_checkpoint
 from usjepa.train.build import build_mask_collator, build_objective, effective_precision, holdout_split
 from usjepa.train.checkpoint import FORMAT_VERSION, CheckpointWriter, load_training_checkpoint, rng_state
 from usjepa.train.collectives import Collectives
@@ -44,7 +45,7 @@ from usjepa.train.periodic import (
     TrainingLog,
     Validation,
 )
-from usjepa.train.placement import adamw_fused, full_tensors, localise_checkpoint, place_models
+from usjepa.train.placement import adamw_fused, place_models
 from usjepa.train.resume import ResumePoint, find_resume_point, load_resume_state
 from usjepa.train.sampler import ResumableBatchSampler, SeededItems, epoch_length, item_seed
 from usjepa.train.schedules import optim_schedules

@@ -144,7 +144,7 @@ class TrainConfig:
     val_fraction: float = 0.05
     val_batches: int = 4
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
-    compile: bool = False
+    compile: bool = False  # torch.compile student, predictor and teacher forward (inductor)
     activation_checkpointing: bool = False  # recompute every block of the trained models in backward: less memory
     sharding: str = "none"  # none (DDP when distributed) | fsdp: FSDP2 per block of student + predictor (salt)
     resume: str = "auto"  # auto: resume out_dir's run | never: refuse a used folder | force: accept changed settings

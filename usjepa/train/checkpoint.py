@@ -3,7 +3,7 @@
 A bad checkpoint is an error that names the file and what is wrong: never a silent restart at step 0. Format 2
 adds the checksum (`usjepa.io.digest`); format 1 files (no checksum) are still read. A run with sharded models
 (`train.sharding=fsdp`) writes the same file: every rank gathers the full state, rank 0 writes it
-(`usjepa.train.placement`), so sharded and unsharded runs resume from each other's checkpoints.
+(`usjepa.models.sharding.full_tensors`), so sharded and unsharded runs resume from each other's checkpoints.
 """
 
 from __future__ import annotations

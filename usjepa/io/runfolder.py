@@ -53,7 +53,7 @@ DAMAGED_SUFFIX = ".damaged"
 RESUME_MAY_CHANGE = (
     "train.steps", "train.epochs", "train.out_dir", "train.resume", "train.log_every", "train.ckpt_every",
     "train.keep_last", "train.progress", "train.threads", "train.probe_every", "train.val_batches",
-    "train.sharding", "train.compile", "train.activation_checkpointing",
+    "train.sharding", "train.shard_teacher", "train.compile", "train.activation_checkpointing",
     "data.num_workers", "data.sim_workers", "launch",
 )
 RESUME_MODES = ("auto", "never", "force")

@@ -4,8 +4,10 @@
   1. `train.activation_checkpointing`: per-block recomputation in the student and the predictor (or MAE decoder);
   2. `train.sharding=fsdp`: FSDP2 `fully_shard` per block of the student and the predictor, in place of DDP. A SALT
      teacher, held outside the objective's module tree, stays a full copy on every rank in its own precision
-     (replicated: frozen, it needs no gradient synchronisation). On CUDA with bf16 the blocks are gathered in bf16
-     and gradients reduced in fp32; the sharded master weights and the AdamW state stay fp32;
+     (replicated: frozen, it needs no gradient synchronisation), or with `train.shard_teacher=true` is sharded per
+     block too (gathered one block at a time in its forward: for a teacher too large to copy). On CUDA with bf16
+     the blocks are gathered in bf16 and gradients reduced in fp32; the sharded master weights and the AdamW state
+     stay fp32;
   3. `train.compile`: torch.compile of the student, the predictor and the teacher's forward (`COMPILE_BACKEND`);
 and returns the effective settings, which the trainer writes to env.json. The optimizer is built afterwards, on the
 (sharded) parameters, fused on CUDA (`adamw_fused`).
@@ -58,7 +60,13 @@ def place_models(objective: nn.Module, cfg: DictConfig, device: torch.device, wo
         policy = mixed_precision(device.type) if amp else None
         settings["fsdp_units"] = shard_objective(objective, mesh, mp_policy=policy)
         settings["fsdp_param_dtype"] = "bf16" if policy is not None else "fp32"
-        settings["teacher_placement"] = "replicated" if getattr(objective, "teacher", None) is not None else None
+        teacher = getattr(objective, "teacher", None)
+        settings["teacher_placement"] = None if teacher is None else "replicated"
+        if teacher is not None and getattr(t, "shard_teacher", False):
+            from usjepa.models.sharding import place_teacher
+
+            place_teacher(teacher, device, mesh, mode="shard", dtype=None)  # weights keep their dtype
+            settings["teacher_placement"] = "sharded"
     if t.compile:
         from usjepa.models.compiling import compile_objective
 

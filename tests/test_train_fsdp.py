@@ -77,14 +77,15 @@ def _assert_same_state(a: dict, b: dict, what: str) -> None:
 @pytest.mark.slow
 def test_two_process_fsdp_run_equals_one_process_and_resumes_both_ways(tmp_path, sim_root):
     """ref: 1 process, 4 steps. A: FSDP on 2 ranks (teacher replicated) to step 2, then resumed by 1 process (no
-    sharding) to 4. B: 1 process to step 2, then resumed by FSDP on 2 ranks (teacher sharded too) to 4. Losses and
-    weights equal ref within 1e-5."""
+    sharding) to 4. B: 1 process to step 2, then resumed by FSDP on 2 ranks (teacher sharded too, activation
+    checkpointing on) to 4. Losses and weights equal ref within 1e-5."""
     torch.set_num_threads(1)
     ref, a, b = tmp_path / "ref", tmp_path / "a", tmp_path / "b"
     run_training(load_config(CONFIG, _overrides(ref, sim_root)))
     assert run_training(load_config(CONFIG, _overrides(b, sim_root)), should_stop=_stop_at(2)).step == 2
     fsdp = ["train.sharding=fsdp"]
-    jobs = [(_overrides(a, sim_root, *fsdp), 2), (_overrides(b, sim_root, *fsdp, "train.shard_teacher=true"), None)]
+    b_opts = ["train.shard_teacher=true", "train.activation_checkpointing=true"]  # composes with FSDP2
+    jobs = [(_overrides(a, sim_root, *fsdp), 2), (_overrides(b, sim_root, *fsdp, *b_opts), None)]
     mp.start_processes(_worker, args=(2, str(tmp_path / "store"), _free_port(), jobs), nprocs=2, join=True,
                        start_method="fork")  # the parent has imported everything already: no re-import
     sharded_half = load_training_checkpoint(a / "latest.pt")
@@ -92,7 +93,8 @@ def test_two_process_fsdp_run_equals_one_process_and_resumes_both_ways(tmp_path,
     env = json.loads((a / "env.json").read_text())["large_run"]
     assert env["sharding"] == "fsdp" and env["fsdp_units"] == {"model": 2, "predictor": 2}
     assert env["teacher_placement"] == "replicated"
-    assert json.loads((b / "env.json").read_text())["large_run"]["teacher_placement"] == "sharded"
+    env_b = json.loads((b / "env.json").read_text())["large_run"]
+    assert env_b["teacher_placement"] == "sharded" and env_b["checkpointed_blocks"] == 2 + 2
     run_training(load_config(CONFIG, _overrides(a, sim_root)))  # the sharded run's file, resumed unsharded
 
     want = _losses(ref)

@@ -158,3 +158,4 @@ def test_sharding_key_is_validated(tmp_path, sim_root):
         load_config(CONFIG, [*base, "train.sharding=fsdp", "train.probe_every=5"])
     with pytest.raises(ConfigError, match="needs a distributed run .* set train.sharding=none"):
         run_training(load_config(CONFIG, [*base, "train.sharding=fsdp"]))  # a single process
+    assert not (tmp_path / "run").exists()  # refused before the run folder is touched

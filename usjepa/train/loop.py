@@ -45,7 +45,7 @@ from usjepa.train.periodic import (
     TrainingLog,
     Validation,
 )
-from usjepa.train.placement import adamw_fused, place_models
+from usjepa.train.placement import adamw_fused, check_world, place_models
 from usjepa.train.resume import ResumePoint, find_resume_point, load_resume_state
 from usjepa.train.sampler import ResumableBatchSampler, SeededItems, epoch_length, item_seed
 from usjepa.train.schedules import optim_schedules
@@ -99,6 +99,7 @@ def _param_groups(modules: dict[str, torch.nn.Module]) -> list[dict]:
 class _Trainer:
     def __init__(self, cfg: DictConfig, env: DistEnv, should_stop: Callable[[], bool] | None):
         self.cfg, self.env, self.should_stop = cfg, env, should_stop
+        check_world(cfg, env.world_size)
         self.main = env.rank == 0
         self.folder = RunFolder(cfg.train.out_dir)
         if torch.cuda.is_available():

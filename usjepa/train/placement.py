@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 COMPILE_BACKEND = "inductor"  # torch.compile's default; tests may swap in a cheaper backend, users do not
 
 
+def check_world(cfg: DictConfig, world_size: int) -> None:
+    """What the config alone cannot check: sharding needs 2+ processes (called before the run folder is touched)."""
+    if getattr(cfg.train, "sharding", "none") == "fsdp" and world_size < 2:
+        raise ConfigError("train.sharding=fsdp needs a distributed run (torchrun or srun, 2+ processes) but this is "
+                          "a single process: set train.sharding=none")
+
+
 def place_models(objective: nn.Module, cfg: DictConfig, device: torch.device, world_size: int,
                  amp: bool) -> dict[str, Any]:
     """Apply activation checkpointing, FSDP2 sharding and compile to `objective` (on `device` already).
@@ -42,9 +49,7 @@ def place_models(objective: nn.Module, cfg: DictConfig, device: torch.device, wo
     """
     t = cfg.train
     sharding = getattr(t, "sharding", "none")
-    if sharding == "fsdp" and world_size < 2:
-        raise ConfigError("train.sharding=fsdp needs a distributed run (torchrun or srun, 2+ processes) but this is "
-                          "a single process: set train.sharding=none")
+    check_world(cfg, world_size)
     settings: dict[str, Any] = {"activation_checkpointing": False, "sharding": sharding, "compile": False}
     if t.activation_checkpointing:
         from usjepa.models.checkpointing import apply_activation_checkpointing

@@ -21,6 +21,7 @@ each rank reads the file and cuts every full tensor back to its own shard (`loca
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -61,6 +62,10 @@ def place_models(objective: nn.Module, cfg: DictConfig, device: torch.device, wo
 
         from usjepa.models.sharding import mixed_precision, shard_objective
 
+        # the student returns x[:, prefix:] and the predictor a reshape: views, which FSDP2 warns about in case a
+        # caller modifies them in place; the objectives never do (the 2-process test equals the 1-process run)
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDP(VisionTransformer|Predictor)\) "
+                                r"returned a view tensor")
         mesh = init_device_mesh(device.type, (world_size,))
         policy = mixed_precision(device.type) if amp else None
         settings["fsdp_units"] = shard_objective(objective, mesh, mp_policy=policy)

@@ -30,6 +30,7 @@ def child(spec: dict) -> dict:
     from usjepa.masks import MaskCollator, build_masker
     from usjepa.train.build import build_objective
     from usjepa.train.loop import _param_groups
+    from usjepa.train.placement import adamw_fused
     from usjepa.train.step import apply_update, train_step
 
     torch.manual_seed(0)
@@ -71,7 +72,8 @@ def child(spec: dict) -> dict:
     batch = col(items)
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
     batch["masks"] = [m.to(device) for m in batch["masks"]]
-    opt = torch.optim.AdamW(_param_groups(objective.trainable_modules()), lr=1e-4, betas=(0.9, 0.95))
+    groups = _param_groups(objective.trainable_modules())
+    opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), fused=adamw_fused(groups))  # as the trainer
     params = [p for g in opt.param_groups for p in g["params"]]
     state = {"step": 0}
 

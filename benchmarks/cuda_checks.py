@@ -175,14 +175,11 @@ def check_bf16_step(device, small: bool = False) -> dict:
 
 
 def compile_parts(objective) -> None:
-    """torch.compile of student, predictor and teacher in place (parameter names unchanged). The student and the
-    predictor are called as modules, so Module.compile covers them; a FrozenTeacher is entered through
-    `tokens_on_grid` -> `self.forward(...)`, a method call that Module.compile would not see, so its forward
-    itself is compiled."""
-    objective.student.compile()
-    objective.predictor.compile()
-    teacher = objective.teacher
-    teacher.forward = torch.compile(teacher.forward)
+    """torch.compile of student, predictor and teacher in place (parameter names unchanged), as `train.compile=true`
+    does in the trainer (`usjepa.models.compiling.compile_objective`)."""
+    from usjepa.models.compiling import compile_objective
+
+    compile_objective(objective)
 
 
 def check_compile(device, small: bool = False) -> dict:
@@ -248,10 +245,88 @@ def check_activation_checkpointing(device, small: bool = False) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- FSDP2 (train.sharding=fsdp)
+
+
+@contextlib.contextmanager
+def _group_of_one(device):
+    """A process group of one rank when none exists: FSDP2 needs a device mesh, even on a single GPU."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
+                            rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def check_fsdp_step(device, small: bool = False) -> dict:
+    """What `train.sharding=fsdp` runs, on a mesh of one: student and predictor `fully_shard`-ed per block (bf16
+    gathers, fp32 reduction on CUDA), a step under autocast with (on CUDA) fused AdamW on the DTensor shards, against
+    the same step unsharded; the gathered state (the checkpoint) has the unsharded keys and fp32 values, and loads
+    back into the shards exactly."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from usjepa.models.sharding import full_tensors, localise_checkpoint, mixed_precision, shard_objective
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    ref = _small_salt(device, small, teacher_precision="bf16" if cuda else "fp32")
+    obj = copy.deepcopy(ref)
+    obj.__dict__["teacher"] = ref.teacher  # frozen: one copy serves both
+    batch = salt_setup.draw_batch(ref, 8, 4, device)
+    out = {}
+    with _group_of_one(device):
+        units = shard_objective(obj, init_device_mesh(device.type, (1,)), mp_policy=mixed_precision(device.type))
+        for name, model in (("plain", ref), ("sharded", obj)):
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=1e-3, fused=True if cuda else None)
+            with autocast(device, cuda):
+                loss, _ = model(batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            out[name] = (loss.detach().float(), opt)
+        mods = obj.trainable_modules()
+        state = {k: full_tensors(m.state_dict()) for k, m in mods.items()}
+        state["optimizer"] = full_tensors(out["sharded"][1].state_dict())
+        plain = {k: m.state_dict() for k, m in ref.trainable_modules().items()}
+        tol = 3e-3 if cuda else 1e-5  # bf16 gathers round differently from autocast's casts; one lr-sized step
+        _close(out["sharded"][0], out["plain"][0], 5e-2 if cuda else 1e-5, "sharded loss")
+        for k in mods:
+            assert list(state[k]) == list(plain[k]), f"gathered {k} keys differ from the unsharded ones"
+            for key, v in state[k].items():
+                assert not hasattr(v, "full_tensor") and v.device.type == "cpu", f"{k}.{key} was not gathered"
+                if v.is_floating_point():
+                    assert v.dtype == torch.float32, f"{k}.{key} is {v.dtype}, not fp32 master weights"
+                _close(v.to(device), plain[k][key], tol, f"sharded step: {k}.{key}")
+        with torch.no_grad():  # spoil the shards, then load the gathered state back
+            for p in obj.parameters():
+                p.zero_()
+        local = localise_checkpoint(state, mods, out["sharded"][1])
+        for k, m in mods.items():
+            m.load_state_dict(local[k])
+        out["sharded"][1].load_state_dict(local["optimizer"])
+        again = {k: full_tensors(m.state_dict()) for k, m in mods.items()}
+        again_opt = full_tensors(out["sharded"][1].state_dict())["state"]
+    for k in mods:
+        for key, v in state[k].items():
+            assert torch.equal(again[k][key], v), f"{k}.{key} did not load back exactly"
+    for i, st in state["optimizer"]["state"].items():
+        assert torch.equal(again_opt[i]["exp_avg"], st["exp_avg"]), f"optimizer state {i} did not load back"
+    return {"fsdp_units": units, "loss_plain": out["plain"][0].item(), "loss_sharded": out["sharded"][0].item(),
+            "fused_adamw": cuda, "param_dtype": "bf16" if cuda else "fp32"}
+
+
 CHECKS = {
     "attention_agreement": check_attention_agreement,
     "no_host_sync": check_no_host_sync,
     "bf16_student_step": check_bf16_step,
     "compile": check_compile,
     "activation_checkpointing": check_activation_checkpointing,
+    "fsdp_step": check_fsdp_step,
 }

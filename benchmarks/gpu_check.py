@@ -4,7 +4,8 @@
    agree (math vs SDPA vs xformers when importable; forward and backward; dense, padded, packed; fp32 and bf16),
    a SALT forward + backward never synchronises with the host (CUDA sync debug mode set to error), a bf16 student
    step with fp32 master weights and fused AdamW, torch.compile of student / predictor / teacher against eager,
-   activation checkpointing (same gradients, less memory).
+   activation checkpointing (same gradients, less memory), the `train.sharding=fsdp` step on a mesh of one (bf16
+   gathers, fused AdamW on the shards, gathered checkpoint state that loads back exactly).
 2. Measurements: the SALT recipe's ViT-B/16 step at 224 px with a ViT-B/16 teacher in bf16 (images/s, achieved
    TFLOP/s from the analytic FLOP count in benchmarks/flops.py, MFU against the GPU's dense bf16 peak, peak memory),
    eager / compiled x with / without activation checkpointing; attention kernels at 196 / 576 / 1024 tokens.

@@ -89,3 +89,38 @@ def test_config_key_is_a_validated_bool():
     assert cfg.train.activation_checkpointing is True
     with pytest.raises(ConfigError, match="activation_checkpointing"):
         load_config(root / "configs/pretrain/tiny_sim.yaml", [*overrides, "train.activation_checkpointing=sometimes"])
+
+
+def test_the_training_loop_applies_it_with_identical_losses_gradients_and_weights(tmp_path, sim_root):
+    """`train.activation_checkpointing=true` through `run_training`: every block of the student and the predictor
+    recomputes (env.json says how many), and a short SALT run (drop-path on) logs the same losses and gradient
+    norms and ends with the same weights as a plain run, bit for bit."""
+    import csv
+    import json
+
+    from usjepa.config import load_config
+    from usjepa.train import run_training
+    from usjepa.train.checkpoint import load_training_checkpoint
+
+    root = Path(__file__).resolve().parents[1]
+
+    def run(name: str, *extra: str) -> tuple[list[tuple[str, str]], dict, dict]:
+        out = tmp_path / name
+        cfg = load_config(root / "configs/pretrain/salt_vit_tiny_sim.yaml", [
+            f"train.out_dir={out}", f"data.root={sim_root}", "data.num_images=96", "data.batch_size=8",
+            "train.steps=3", "train.progress=false", "train.log_every=1", "train.threads=1", "model.depth=2",
+            "model.drop_path=0.2", *extra])
+        run_training(cfg)
+        with open(out / "metrics.csv", newline="") as f:
+            rows = [(r["loss"], r["grad_norm"]) for r in csv.DictReader(f)]
+        return rows, load_training_checkpoint(out / "latest.pt"), json.loads((out / "env.json").read_text())
+
+    rows_a, ckpt_a, env_a = run("plain")
+    rows_b, ckpt_b, env_b = run("ckpt", "train.activation_checkpointing=true")
+    assert env_a["large_run"]["activation_checkpointing"] is False
+    assert env_b["large_run"]["activation_checkpointing"] is True
+    assert env_b["large_run"]["checkpointed_blocks"] == 2 + 2  # student and predictor blocks; not the teacher's
+    assert len(rows_a) == 3 and rows_b == rows_a
+    for part in ("model", "predictor"):
+        for k, v in ckpt_a[part].items():
+            assert torch.equal(ckpt_b[part][k], v), (part, k)

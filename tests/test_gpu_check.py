@@ -84,7 +84,7 @@ def test_gpu_check_cpu_dry_run_writes_results(tmp_path, torch_timm_site):
     assert out.returncode == 0, out.stdout + out.stderr
     data = json.loads((tmp_path / "gpu.json").read_text())
     assert {c["check"]: c["status"] for c in data["checks"]} == {
-        "attention_agreement": "pass", "no_host_sync": "pass", "bf16_student_step": "pass"}
+        "attention_agreement": "pass", "no_host_sync": "pass", "bf16_student_step": "pass", "fsdp_step": "pass"}
     assert [r["variant"] for r in data["salt_step"]] == ["eager"] and data["salt_step"][0]["images_per_s"] > 0
     assert any("compile" in s for s in data["skipped"]) and "## Skipped" in (tmp_path / "gpu.md").read_text()
 

@@ -144,8 +144,10 @@ class TrainConfig:
     val_fraction: float = 0.05
     val_batches: int = 4
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
-    compile: bool = False
+    compile: bool = False  # torch.compile student, predictor and teacher forward (inductor)
     activation_checkpointing: bool = False  # recompute every block of the trained models in backward: less memory
+    sharding: str = "none"  # none (DDP when distributed) | fsdp: FSDP2 per block of student + predictor (salt)
+    shard_teacher: bool = False  # with sharding=fsdp: shard the frozen teacher per block too (else a copy per rank)
     resume: str = "auto"  # auto: resume out_dir's run | never: refuse a used folder | force: accept changed settings
     progress: bool = True
     probe_every: int = 0  # periodic linear probe on the labelled val split; 0 disables
@@ -327,6 +329,16 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.mask.preset, tuple(MASK_PRESETS) + ("custom",), "mask.preset")
     _choice(cfg.mask.sampler, SAMPLERS, "mask.sampler")
     _choice(cfg.train.precision, ("auto", "bf16", "fp32"), "train.precision")
+    _choice(cfg.train.sharding, ("none", "fsdp"), "train.sharding")
+    if cfg.train.sharding == "fsdp" and cfg.objective.name != "salt":
+        raise ConfigError(f"train.sharding=fsdp supports objective.name=salt only, not '{cfg.objective.name}': "
+                          "set train.sharding=none")
+    if cfg.train.shard_teacher and (cfg.train.sharding != "fsdp" or cfg.teacher.cache):
+        raise ConfigError("train.shard_teacher=true needs train.sharding=fsdp and a live teacher (teacher.cache "
+                          "unset): set train.shard_teacher=false")
+    if cfg.train.sharding == "fsdp" and cfg.train.probe_every > 0:
+        raise ConfigError("train.sharding=fsdp does not run the periodic probe (it uses rank 0's student alone): "
+                          "set train.probe_every=0 and probe the saved encoder")
     from usjepa.io.runfolder import resume_mode
 
     cfg.train.resume = resume_mode(cfg.train.resume)  # true / false of older configs mean auto / never

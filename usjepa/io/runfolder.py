@@ -48,9 +48,12 @@ DAMAGED_SUFFIX = ".damaged"
 # `train.steps` / `train.epochs` extend (or shorten) the run: the lr, weight-decay and EMA schedules are rebuilt
 # for the new length, so from the resumed step on they follow the new cosine (see the README). `launch` moves the
 # job (partition, time, nodes): a different world size gives the same global batches, equal up to float rounding.
+# The large-run options place the same computation differently (sharded or not, compiled or not, activations kept
+# or recomputed); checkpoints are the same file either way.
 RESUME_MAY_CHANGE = (
     "train.steps", "train.epochs", "train.out_dir", "train.resume", "train.log_every", "train.ckpt_every",
     "train.keep_last", "train.progress", "train.threads", "train.probe_every", "train.val_batches",
+    "train.sharding", "train.shard_teacher", "train.compile", "train.activation_checkpointing",
     "data.num_workers", "data.sim_workers", "launch",
 )
 RESUME_MODES = ("auto", "never", "force")

@@ -75,7 +75,8 @@ def strict_load(
     module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
-def export_encoder(encoder: VisionTransformer, path: str | Path, model_cfg: dict | None = None) -> Path:
+def export_encoder(encoder: VisionTransformer, path: str | Path, model_cfg: dict | None = None,
+                   state: dict | None = None) -> Path:
     """Write encoder weights (timm key names) as safetensors with the architecture in the metadata, atomically.
 
     The metadata names the timm model and arguments the weights load into strictly (`timm_model`,
@@ -94,7 +95,8 @@ def export_encoder(encoder: VisionTransformer, path: str | Path, model_cfg: dict
         "timm_kwargs": json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in timm_kw.items()}),
         "model_config": json.dumps(model_cfg or {}),
     }
-    tensors = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+    state = encoder.state_dict() if state is None else state  # `state`: a gathered one, for a sharded encoder
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     with atomic_write(path, mode=None) as tmp:  # the user's umask, not save_file's private 0600
         save_file(tensors, str(tmp), metadata=meta)
     return path

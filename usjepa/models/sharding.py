@@ -8,11 +8,17 @@ Each transformer block becomes one FSDP unit (all-gathered just before it runs, 
 unit for its embeddings, norms and heads. On CUDA the parameters are gathered in bf16 and gradients reduced in
 fp32 (`MixedPrecisionPolicy`); the sharded master weights and the optimizer state stay fp32, so an optimizer built
 after `shard_objective` steps on fp32 shards. State-dict keys do not change (FSDP2 holds DTensors in the same
-modules), and per-block activation checkpointing composes with it. The training loop owns the process group, the
-optimizer and checkpoints (gathered or torch.distributed.checkpoint); these functions only place the models.
+modules), and per-block activation checkpointing composes with it. The training loop owns the process group and the
+optimizer (`usjepa.train.placement`).
+
+Checkpoints are gathered full state dicts, the unsharded format: `full_tensors(module.state_dict())` (and of the
+optimizer's) on every rank, rank 0 writes; `localise_checkpoint` cuts a loaded full checkpoint back to this rank's
+shards (every rank reads the file, so no communication), ready for a strict `load_state_dict`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,3 +107,79 @@ def place_teacher(teacher: nn.Module, device, mesh=None, mode: str = "replicate"
             raise ValueError("teacher placement 'shard' needs the device mesh")
         _shard_frozen(teacher, mesh)
     return teacher
+
+
+# ----------------------------------------------------------------------------- gathered state dicts
+
+
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without distributed support: nothing can be sharded
+        return None
+    return DTensor
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether any parameter of `module` is a DTensor (FSDP2 shard)."""
+    dtensor = _dtensor_type()
+    return dtensor is not None and any(isinstance(p, dtensor) for p in module.parameters())
+
+
+def full_tensors(obj: Any) -> Any:
+    """The same nested structure with every DTensor gathered to its full value on the CPU (a collective: every
+    rank must call it, in the same order); other values are returned unchanged."""
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(obj, dtensor):
+        return obj.full_tensor().detach().cpu()
+    if isinstance(obj, dict):
+        return type(obj)((k, full_tensors(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(full_tensors(v) for v in obj)
+    return obj
+
+
+def _cut(full: Any, like: Any) -> Any:
+    """`full` cut to this rank's shard of `like` (a DTensor); anything else, or a mismatched shape, unchanged
+    (the strict load that follows names a mismatch)."""
+    dtensor = _dtensor_type()
+    if dtensor is None or not isinstance(like, dtensor) or not torch.is_tensor(full) or isinstance(full, dtensor):
+        return full
+    if tuple(full.shape) != tuple(like.shape):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+
+
+def shard_like(module: nn.Module, state: dict) -> dict:
+    """A full state dict (as saved) with each entry that `module` holds sharded cut to this rank's shard."""
+    own = module.state_dict()
+    return {k: _cut(v, own.get(k)) for k, v in state.items()}
+
+
+def shard_optimizer_like(optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    """A full optimizer state dict (as saved) with each per-parameter tensor cut like its (sharded) parameter.
+
+    Saved and live parameters are matched by position, as `Optimizer.load_state_dict` does."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    saved = [i for g in state.get("param_groups", []) for i in g["params"]]
+    if len(params) != len(saved):
+        return state  # load_state_dict reports the mismatch
+    per_param = dict(state.get("state", {}))
+    for i, p in zip(saved, params, strict=True):
+        if i in per_param:
+            per_param[i] = {k: _cut(v, p) for k, v in per_param[i].items()}
+    return {**state, "state": per_param}
+
+
+def localise_checkpoint(ckpt: dict, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer) -> dict:
+    """A loaded training checkpoint ready for the (possibly sharded) modules and optimizer of this rank; the
+    checkpoint itself unchanged when nothing is sharded."""
+    sharded = [k for k, m in modules.items() if is_sharded(m)]
+    if not sharded:
+        return ckpt
+    out = {**ckpt, **{k: shard_like(modules[k], ckpt[k]) for k in sharded if k in ckpt}}
+    if "optimizer" in ckpt:
+        out["optimizer"] = shard_optimizer_like(optimizer, ckpt["optimizer"])
+    return out

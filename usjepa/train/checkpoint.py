@@ -1,7 +1,9 @@
 """Training checkpoints: one dict with a checksum of its contents, written atomically, loaded with weights_only=True.
 
 A bad checkpoint is an error that names the file and what is wrong: never a silent restart at step 0. Format 2
-adds the checksum (`usjepa.io.digest`); format 1 files (no checksum) are still read.
+adds the checksum (`usjepa.io.digest`); format 1 files (no checksum) are still read. A run with sharded models
+(`train.sharding=fsdp`) writes the same file: every rank gathers the full state, rank 0 writes it
+(`usjepa.models.sharding.full_tensors`), so sharded and unsharded runs resume from each other's checkpoints.
 """
 
 from __future__ import annotations
@@ -131,12 +133,20 @@ class CheckpointWriter:
         self.folder, self.state_fn, self.keep_last, self.is_main = folder, state_fn, keep_last, is_main
         self.step = step  # newest checkpoint in the folder (0: none yet)
         self.time: float | None = None
+        self.collective = False  # True when building the state is a collective (sharded models): every rank calls
+
+    def _state(self, step: int) -> dict | None:
+        """The state to write on rank 0; None on the other ranks (which still take part in gathering it)."""
+        if not (self.is_main or self.collective):
+            return None
+        state = self.state_fn(step)
+        return state if self.is_main else None
 
     def save(self, step: int, periodic: bool) -> None:
         """latest.pt (and step_N.pt + rotation when `periodic`)."""
-        if not self.is_main:
+        state = self._state(step)
+        if state is None:
             return
-        state = self.state_fn(step)
         save_checkpoint(state, self.folder / "latest.pt")
         if periodic:
             save_checkpoint(state, self.folder / RunFolder.step_name(step))
@@ -144,8 +154,9 @@ class CheckpointWriter:
         self.step, self.time = step, time.time()
 
     def save_best(self, step: int) -> None:
-        if self.is_main:
-            save_checkpoint(self.state_fn(step), self.folder / "best.pt")
+        state = self._state(step)
+        if state is not None:
+            save_checkpoint(state, self.folder / "best.pt")
 
     def rotate(self, current: int) -> None:
         """Keep the newest `keep_last` step_N.pt up to `current` (nothing past the run's own step is touched)."""

@@ -3,7 +3,9 @@
 Per step: micro-batches (accumulation) -> loss -> backward -> clip -> AdamW with per-step lr/wd ->
 objective.after_step (EMA) -> the periodic objects of `usjepa.train.periodic` (metrics row, validation and
 best.pt, probe, checkpoint, stop check). The run folder (lock, resume point, config check, files) is
-`usjepa.io.runfolder.RunFolder`; every collective goes through `usjepa.train.collectives`.
+`usjepa.io.runfolder.RunFolder`; every collective goes through `usjepa.train.collectives` (FSDP2's own gathers
+aside). The large-run options (activation checkpointing, FSDP2 in place of DDP, compile) are applied by
+`usjepa.train.placement.place_models` before the optimizer is built.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from usjepa.config import ConfigError
 from usjepa.errors import UsjepaError
 from usjepa.io.runfolder import ENCODER, LATEST, RunFolder, resume_mode
 from usjepa.models.checkpoint_io import export_encoder
+from usjepa.models.sharding import full_tensors, localise_checkpoint
 from usjepa.train.build import build_mask_collator, build_objective, effective_precision, holdout_split
 from usjepa.train.checkpoint import FORMAT_VERSION, CheckpointWriter, load_training_checkpoint, rng_state
 from usjepa.train.collectives import Collectives
@@ -42,6 +45,7 @@ from usjepa.train.periodic import (
     TrainingLog,
     Validation,
 )
+from usjepa.train.placement import adamw_fused, check_world, place_models
 from usjepa.train.resume import ResumePoint, find_resume_point, load_resume_state
 from usjepa.train.sampler import ResumableBatchSampler, SeededItems, epoch_length, item_seed
 from usjepa.train.schedules import optim_schedules
@@ -95,6 +99,7 @@ def _param_groups(modules: dict[str, torch.nn.Module]) -> list[dict]:
 class _Trainer:
     def __init__(self, cfg: DictConfig, env: DistEnv, should_stop: Callable[[], bool] | None):
         self.cfg, self.env, self.should_stop = cfg, env, should_stop
+        check_world(cfg, env.world_size)
         self.main = env.rank == 0
         self.folder = RunFolder(cfg.train.out_dir)
         if torch.cuda.is_available():
@@ -110,6 +115,8 @@ class _Trainer:
         self.best_val: float | None = None
         self.owns_folder = False  # True once this run's state is in the folder: failures are then recorded
         self._ckpt: dict | None = None
+        self.large_run: dict = {}  # the effective activation checkpointing / sharding / compile (env.json)
+        self.sharded = False  # train.sharding=fsdp: the student and predictor are FSDP2 shards (no DDP)
         self.ckpt = CheckpointWriter(self.folder, self._state, cfg.train.keep_last, self.main)
 
     # ------------------------------------------------------------------ run
@@ -135,7 +142,7 @@ class _Trainer:
         self._status("running")
         if self.main:
             self.folder.update_env(precision=effective_precision(self.objective, self.cfg, self.device, self.amp),
-                                   numerics=numerics.describe())
+                                   numerics=numerics.describe(), large_run=self.large_run)
         if self.step >= self.total:
             self._finish(self.step)
             return TrainResult("completed", self.step, self.folder.path, self.best_val)
@@ -158,7 +165,7 @@ class _Trainer:
             lr, wd = self._set_schedules(step)
             micro, n_images = next(batches)
             loss_t, logs, gnorm = train_step(model, micro, params, o.clip_grad, self.amp, self.device,
-                                             distributed=self.coll.active)
+                                             distributed=isinstance(model, DistributedDataParallel))
             del micro
             loss = float(self.coll.mean(loss_t))
             self._check_finite(loss, step + 1)
@@ -205,13 +212,17 @@ class _Trainer:
             )
         self.total = cfg.train.epochs * per_epoch if cfg.train.epochs > 0 else cfg.train.steps
         self.objective = build_objective(cfg, self.total).to(self.device)
+        self.large_run = place_models(self.objective, cfg, self.device, self.env.world_size, self.amp)
+        self.sharded = self.large_run["sharding"] == "fsdp"
+        self.ckpt.collective = self.sharded  # every rank gathers the sharded state, rank 0 writes it
         self.collator = build_mask_collator(cfg, self.base_collate)
         if self.main:  # the run's effective masking, drawn as training draws it -> masks.json
             record_masks(cfg, self.collator, self.folder.path, self.env.world_size,
                          SeededItems(self.dataset, self.train_idx))
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(_param_groups(self.objective.trainable_modules()), lr=o.lr,
-                                           betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        groups = _param_groups(self.objective.trainable_modules())
+        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                           weight_decay=o.weight_decay, fused=adamw_fused(groups))
         self.lr_s, self.wd_s = optim_schedules(o, cfg.data.batch_size, self.total, per_epoch)
 
     def _load(self, point: ResumePoint) -> None:
@@ -223,6 +234,7 @@ class _Trainer:
         ckpt = self._ckpt if self._ckpt is not None else load_training_checkpoint(point.path)
         self._ckpt = None
         mods = {**self.objective.trainable_modules(), **self.objective.frozen_state()}
+        ckpt = localise_checkpoint(ckpt, mods, self.optimizer)  # full tensors cut to this rank's shards
         load_resume_state(ckpt, point.path, mods, self.optimizer, self.cfg.objective.name)
         saved = (point.config or {}).get("train", {})
         if point.step < self.total and (saved.get("steps"), saved.get("epochs")) != (self.cfg.train.steps,
@@ -292,7 +304,7 @@ class _Trainer:
         return out
 
     def _ddp(self) -> torch.nn.Module:
-        if not self.coll.active:
+        if not self.coll.active or self.sharded:  # FSDP reduces the gradients itself
             return self.objective
         return DistributedDataParallel(self.objective, broadcast_buffers=False,
                                        device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -367,8 +379,8 @@ class _Trainer:
             "version": FORMAT_VERSION,
             "step": step,
             "objective": self.cfg.objective.name,
-            **{k: m.state_dict() for k, m in mods.items()},
-            "optimizer": self.optimizer.state_dict(),
+            **{k: full_tensors(m.state_dict()) for k, m in mods.items()},  # gathered when sharded
+            "optimizer": full_tensors(self.optimizer.state_dict()),
             "rng": rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "best_val": self.best_val,
@@ -387,9 +399,10 @@ class _Trainer:
         return TrainResult("preempted", step, self.folder.path, self.best_val)
 
     def _finish(self, step: int) -> None:
+        state = full_tensors(self.objective.student.state_dict()) if self.sharded else None  # on every rank
         if self.main:
             export_encoder(self.objective.student, self.folder / ENCODER,
-                           OmegaConf.to_container(self.cfg.model, resolve=True))
+                           OmegaConf.to_container(self.cfg.model, resolve=True), state=state)
         self._status("completed")
 
     def _status(self, state: str, **extra) -> None:

@@ -39,6 +39,8 @@ def train_step(
             (loss / n).backward()
         losses.append(loss.detach().float())
     gnorm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else float("inf"))
+    if hasattr(gnorm, "full_tensor"):  # FSDP2 shards: the norm is a replicated DTensor
+        gnorm = gnorm.full_tensor()
     return torch.stack(losses).mean(), logs, gnorm
 
 

@@ -69,7 +69,8 @@ def within(value: float, lo: float, hi: float, name: str, closed: str = "[]") ->
         raise ConfigError(f"{key(name)}={value} must be in {closed[0]}{lo:g}, {hi:g}{closed[1]}")
 
 
-def interval(value: Iterable[float], name: str, lo: float = 0.0, hi: float | None = None, open_lo: bool = False) -> None:
+def interval(value: Iterable[float], name: str, lo: float = 0.0, hi: float | None = None,
+             open_lo: bool = False) -> None:
     """A [lo, hi] pair in order, inside [lo, hi] of the key's valid range (lo excluded with `open_lo`)."""
     v = list(value)
     bad = len(v) != 2 or v[0] > v[1] or (v[0] <= lo if open_lo else v[0] < lo) or (hi is not None and v[1] > hi)

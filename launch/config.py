@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from usjepa.spec import at_least, choice
+from usjepa.spec import Spec, at_least, choice
 
 CLUSTERS = ("slurm", "local", "debug")  # launch.cluster: where `usjepa launch` sends the job
 POSITIVE = ("nodes", "tasks_per_node", "cpus_per_task", "time", "array_parallelism")
 NON_NEGATIVE = ("gpus_per_node", "mem_gb", "signal_delay_s", "max_requeues")
 
 
-@dataclass(frozen=True)
-class LaunchConfig:
+@dataclass
+class LaunchConfig(Spec):
     cluster: str = "local"  # local | slurm | debug
     partition: str = ""
     account: str = ""
@@ -32,7 +32,7 @@ class LaunchConfig:
     setup: list[str] = field(default_factory=list)  # shell lines run in the sbatch script before srun
     job_name: str = ""  # SLURM job name; empty: usjepa-<run folder name>
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         choice(self.cluster, CLUSTERS, "cluster")
         for name in POSITIVE:
             at_least(getattr(self, name), 1, name)

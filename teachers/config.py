@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from teachers.catalog import FAMILY_MODULES, GRID_RESAMPLE, MODEL_NORM, NORM_PRESETS, PRECISIONS
-from usjepa.spec import at_least, choice
+from usjepa.spec import Spec, at_least, choice
 
 
-@dataclass(frozen=True)
-class TeacherConfig:
+@dataclass
+class TeacherConfig(Spec):
     family: str = ""  # usjepa | timm | vit | mae | urfm | dinov2 | ijepa | usfm | random
     checkpoint: str = ""
     arch: str = ""  # architecture name where the family needs one (timm model name, vit_base, ...)
@@ -23,7 +23,7 @@ class TeacherConfig:
     # family options (which, drop, prefixes, num_heads, native_grid, seed, img_size, ...) and grid_resample
     options: dict = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.family:
             FAMILY_MODULES.check(self.family, "family")
         if self.norm:  # "": the family's default

@@ -1,10 +1,11 @@
 """Typed run configuration: schema -> YAML (with `base:` inheritance) -> dotted CLI overrides -> validate -> save.
 
-Every section is a frozen dataclass owned by the code that reads it (usjepa.models.spec, usjepa.masks.spec,
-usjepa.objectives.spec, usjepa.data.config, teachers.config, launch.config; optim and train here) that checks
-its own choices and ranges in `__post_init__`, reading the component registries for the names. The YAML / CLI
-layer merges with OmegaConf, then `to_spec` builds those objects, so every bad value is refused at load time
-with its dotted key. An unknown key anywhere is an error that names the closest valid key.
+Every section is a read-only `Spec` dataclass (usjepa.spec) owned by the code that reads it
+(usjepa.models.spec, usjepa.masks.spec, usjepa.objectives.spec, usjepa.data.config, teachers.config,
+launch.config; optim and train here) that checks its own choices and ranges in `check`, reading the component
+registries for the names. The YAML / CLI layer merges with OmegaConf, then `to_spec` builds those objects, so
+every bad value is refused at load time with its dotted key. An unknown key anywhere is an error that names
+the closest valid key.
 
 This module is light: it imports omegaconf and the spec modules, never torch, a teacher family, data or models.
 """
@@ -28,7 +29,7 @@ from usjepa.io.provenance import git_info, package_versions
 from usjepa.masks.spec import MaskConfig, RegionMaskConfig
 from usjepa.models.spec import ModelConfig, PredictorConfig
 from usjepa.objectives.spec import OBJECTIVES, EMAConfig, MAEConfig, ObjectiveConfig
-from usjepa.spec import at_least, choice, fail, positive, to_spec, within
+from usjepa.spec import Spec, at_least, choice, fail, positive, to_spec, within
 from usjepa.spec import key as spec_key
 
 PRECISIONS = ("auto", "bf16", "fp32")  # train.precision
@@ -43,8 +44,8 @@ __all__ = ["ConfigError", "DataConfig", "EMAConfig", "LaunchConfig", "MAEConfig"
 # ----------------------------------------------------------------------------- sections owned by training
 
 
-@dataclass(frozen=True)
-class OptimConfig:
+@dataclass
+class OptimConfig(Spec):
     lr: float = 6.25e-4  # peak
     start_lr: float = 2e-4
     final_lr: float = 1e-6
@@ -58,7 +59,7 @@ class OptimConfig:
     clip_grad: float = 1.0  # 0 disables
     accum_steps: int = 1
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         at_least(self.blr, 0, "blr")
         if not self.blr > 0:
             positive(self.lr, "lr", " (or set optim.blr > 0)")
@@ -71,8 +72,8 @@ class OptimConfig:
         at_least(self.accum_steps, 1, "accum_steps")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+@dataclass
+class TrainConfig(Spec):
     steps: int = 200  # optimizer steps; if epochs > 0, steps = epochs * steps per epoch
     epochs: int = 0
     out_dir: str = "runs/default"
@@ -91,7 +92,7 @@ class TrainConfig:
     progress: bool = True
     probe_every: int = 0  # periodic linear probe on the labelled val split; 0 disables
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.steps < 1 and self.epochs < 1:
             fail(f"set {spec_key('steps')} or {spec_key('epochs')} to a positive number")
         choice(self.precision, PRECISIONS, "precision")
@@ -105,8 +106,8 @@ class TrainConfig:
             fail(f"{spec_key('out_dir')} is empty; name the run folder, e.g. runs/my_run")
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
+@dataclass
+class PretrainConfig(Spec):
     """A training run: every section, and the checks that span sections."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -119,7 +120,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.model.pos_embed == "rope":
             self._check_rope_heads()
         if self.mask.region.enabled and self.data.preprocess == "usjepa":
@@ -217,7 +218,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 def _structured(schema: type) -> DictConfig:
     """The schema as a struct-mode config whose free-form dict fields still accept new keys."""
-    base = _thawed(OmegaConf.structured(schema))
+    base = OmegaConf.structured(schema)
     OmegaConf.set_struct(base, True)
 
     def open_dicts(node: DictConfig) -> None:
@@ -231,17 +232,6 @@ def _structured(schema: type) -> DictConfig:
 
     open_dicts(base)
     return base
-
-
-def _thawed(node: Any) -> Any:
-    """Clear the read-only flags OmegaConf puts on frozen-dataclass nodes: the YAML / CLI layer merges and edits
-    the config; the frozen objects are what `to_spec` builds from it."""
-    if isinstance(node, DictConfig):
-        if node._get_node_flag("readonly"):
-            node._set_flag("readonly", None)
-        for k in node.keys():
-            _thawed(node._get_node(k))
-    return node
 
 
 def _under_free_dict(base: DictConfig, key: str) -> bool:
@@ -263,7 +253,7 @@ def load_config(
         data = _read_yaml(Path(path))
         _check_keys(base, data, f"'{path}'")
         try:
-            cfg = _thawed(OmegaConf.merge(cfg, OmegaConf.create(data)))
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(data))
         except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
             raise ConfigError(f"bad value in '{path}' at '{e.full_key}': {str(e.msg).splitlines()[0]}") from None
     for ov in overrides:
@@ -277,7 +267,7 @@ def load_config(
             OmegaConf.update(cfg, key, {} if ov.split("=", 1)[1].strip() == "{}" else [], merge=False)
             continue
         try:
-            cfg = _thawed(OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov])))
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
         except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
             raise ConfigError(f"bad override '{ov}': {str(e.msg).splitlines()[0]}") from None
     if schema is PretrainConfig:
@@ -294,7 +284,7 @@ def _is_containerspec_key(base: DictConfig, key: str) -> bool:
 
 
 def validate(cfg: DictConfig) -> PretrainConfig:
-    """Every choice, range and cross-section rule (the specs' `__post_init__`), then the on-disk check of
+    """Every choice, range and cross-section rule (the specs' `check`), then the on-disk check of
     data.source=prepared; returns the typed spec. `train.resume` true / false of older configs become auto / never."""
     from usjepa.io.runfolder import resume_mode
 
@@ -332,7 +322,7 @@ def from_dict(d: dict, schema: type = PretrainConfig) -> DictConfig:
     """Rebuild a typed config from a checkpoint's plain dict (keys unknown to this version are an error)."""
     base = _structured(schema)
     _check_keys(base, d, "the checkpoint's config")
-    return _thawed(OmegaConf.merge(base, OmegaConf.create(d)))
+    return OmegaConf.merge(base, OmegaConf.create(d))
 
 
 def reference_markdown(schema: type = PretrainConfig) -> str:

@@ -1,9 +1,10 @@
 """Building blocks of the self-validating config specs: checks that name the key, and DictConfig -> spec objects.
 
-Every config section is a frozen dataclass whose `__post_init__` checks its own choices and ranges with the
-helpers here. The loader converts a merged DictConfig into those objects with `to_spec`, which tells the checks
-where the section sits (`data.`, `datasets.lesion.data.`), so an error names the full dotted key. A spec built
-directly in Python names the bare field. This module imports nothing heavy (no torch, no omegaconf at import).
+Every config section is a `Spec` dataclass whose `check` tests its own choices and ranges with the helpers
+here, and which is read-only once built. The loader converts a merged DictConfig into those objects with
+`to_spec`, which tells the checks where the section sits (`data.`, `datasets.lesion.data.`), so an error names
+the full dotted key. A spec built directly in Python names the bare field. This module imports nothing
+heavy (no torch, no omegaconf at import).
 """
 
 from __future__ import annotations
@@ -18,6 +19,27 @@ from typing import Any
 from usjepa.errors import ConfigError
 
 _PREFIX: contextvars.ContextVar[str] = contextvars.ContextVar("usjepa_spec_prefix", default="")
+
+
+class Spec:
+    """Base of every config section: a dataclass that checks itself when built and is read-only afterwards.
+
+    Not `dataclass(frozen=True)`: OmegaConf makes the schema of a frozen dataclass read-only, and the YAML / CLI
+    layer (and any code that edits an `OmegaConf.structured(...)` config) must stay free to merge and assign.
+    """
+
+    def __post_init__(self) -> None:
+        self.check()
+        object.__setattr__(self, "_sealed", True)
+
+    def check(self) -> None:
+        """Raise ConfigError (via the helpers below) for a bad choice or range; sections override this."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "_sealed", False):
+            raise dataclasses.FrozenInstanceError(f"cannot assign to field '{name}' of a built "
+                                                  f"{type(self).__name__}; use dataclasses.replace")
+        object.__setattr__(self, name, value)
 
 
 def key(name: str) -> str:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from usjepa.registry import Registry
-from usjepa.spec import at_least, choice, fail, interval, key, within
+from usjepa.spec import Spec, at_least, choice, fail, interval, key, within
 
 DATA_SOURCES = Registry("data source")
 DATA_SOURCES.register("simulate", summary="B-mode simulator (generated into data.root when missing)")
@@ -30,8 +30,8 @@ LESIONS = ("normal", "cyst", "solid_hypoechoic", "solid_hyperechoic")
 PROBES = ("linear", "curvilinear", "phased")
 
 
-@dataclass(frozen=True)
-class DataConfig:
+@dataclass
+class DataConfig(Spec):
     source: str = "simulate"  # simulate | folder | manifest | dicom | video | ultrabench | prepared (shards)
     root: str = ""  # folder / UltraBench root / simulated dataset dir (generated there when missing) / shard folder
     manifest: str = ""  # CSV or Parquet manifest
@@ -78,7 +78,7 @@ class DataConfig:
     sim_lesion_size: list[float] = field(default_factory=list)  # [lo, hi] diameter / depth; [] = [0.08, 0.25]
     sim_workers: int = 0  # processes that simulate (0 = one per CPU core, at most 8); the data do not depend on it
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         DATA_SOURCES.check(self.source, "source")
         for name, names in (("preprocess", PREPROCESS), ("augment_policy", AUGMENT_POLICIES), ("region", REGIONS),
                             ("resize", RESIZE), ("balance", BALANCE), ("panes", PANES),

@@ -2,7 +2,7 @@
 
 Encoders and datasets are mappings keyed by a short name, so a single entry can be changed from the
 command line (`encoders.salt.path=runs/salt/latest.pt`, `datasets.lesion.data.num_images=256`).
-Every section is a frozen spec that checks itself (usjepa.spec); `ENCODER_KINDS` and `CORRUPTIONS` are the
+Every section is a `Spec` that checks itself when built (usjepa.spec); `ENCODER_KINDS` and `CORRUPTIONS` are the
 registries the probe code builds from. Light: no torch at import.
 """
 
@@ -21,7 +21,7 @@ from teachers.config import TeacherConfig
 from usjepa.data.config import DataConfig
 from usjepa.errors import ConfigError
 from usjepa.registry import Registry
-from usjepa.spec import at_least, choice, each_choice, fail, key, positive, to_spec
+from usjepa.spec import Spec, at_least, choice, each_choice, fail, key, positive, to_spec
 
 ENCODER_KINDS = Registry("probe encoder kind")  # facts: needs = the field that must be set
 ENCODER_KINDS.register("student", "usjepa.eval.encoders:checkpoint_encoder", "a usjepa training checkpoint or export",
@@ -50,8 +50,8 @@ _NEEDS_HINT = {
 }
 
 
-@dataclass(frozen=True)
-class EncoderSpec:
+@dataclass
+class EncoderSpec(Spec):
     """One encoder to probe. `kind` picks how it is built; the mapping key is its name in the table."""
 
     kind: str = "student"  # student | mae | teacher | timm | random
@@ -63,7 +63,7 @@ class EncoderSpec:
     like: str = ""  # kind=random: name of another encoder in this config (or a checkpoint path) to copy the shape of
     seed: int = 0  # kind=random: initialisation seed
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         ENCODER_KINDS.check(self.kind, "kind")
         needs = ENCODER_KINDS.fact(self.kind, "needs")
         value = self.teacher.family if needs == "teacher" else getattr(self, needs)
@@ -72,8 +72,8 @@ class EncoderSpec:
                  f"{_NEEDS_HINT[needs]}")
 
 
-@dataclass(frozen=True)
-class SplitNames:
+@dataclass
+class SplitNames(Spec):
     """Split names passed to `build_dataset` ("train", "val", "test", "all" = every item, or a union "train+val").
 
     An empty val (or test) is carved out of train, whole patients at a time (see `val_size` / `test_size`).
@@ -83,13 +83,13 @@ class SplitNames:
     val: str = "val"
     test: str = "test"
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if not self.train:
             fail(f"{key('train')} is empty; name the training split")
 
 
-@dataclass(frozen=True)
-class ProbeDatasetSpec:
+@dataclass
+class ProbeDatasetSpec(Spec):
     """A labelled dataset and the task read from it."""
 
     data: DataConfig = field(default_factory=lambda: DataConfig(augment=False))
@@ -101,7 +101,7 @@ class ProbeDatasetSpec:
     max_items: int = 0  # cap per split (0 = all); for quick runs
     img_size: list[int] = field(default_factory=list)  # [H, W]; empty = protocol.img_size
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         choice(self.label_kind, LABEL_KINDS, "label_kind")
         for part, size in (("val", self.val_size), ("test", self.test_size)):
             if not getattr(self.splits, part) and size <= 0:
@@ -115,8 +115,8 @@ class ProbeDatasetSpec:
         _check_img_size(self.img_size, "img_size", allow_empty=True)
 
 
-@dataclass(frozen=True)
-class ProtocolConfig:
+@dataclass
+class ProtocolConfig(Spec):
     """How the probes are trained and what is reported. `preset: usjepa` pins the US-JEPA paper's recipe."""
 
     preset: str = "grid"  # grid (wd x pooling x last-k, select on val) | usjepa (one head, the paper's recipe)
@@ -153,7 +153,7 @@ class ProtocolConfig:
     knn_k: list[int] = field(default_factory=lambda: [10, 20])
     bootstrap: int = 1000  # resamples of the test split for the 95% CI (0 disables)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         choice(self.preset, PRESETS, "preset")
         choice(self.solver, SOLVERS, "solver")
         choice(self.decay, DECAYS, "decay")
@@ -183,8 +183,8 @@ class ProtocolConfig:
             at_least(getattr(self, name), lo, name)
 
 
-@dataclass(frozen=True)
-class ProbeRunConfig:
+@dataclass
+class ProbeRunConfig(Spec):
     encoders: dict[str, EncoderSpec] = field(default_factory=dict)
     datasets: dict[str, ProbeDatasetSpec] = field(default_factory=dict)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
@@ -200,7 +200,7 @@ class ProbeRunConfig:
     strict: bool = False  # a dataset whose folder is missing (or whose splits are degenerate) stops the run
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if not self.encoders:
             fail("no encoders to probe: add an `encoders:` mapping, e.g. encoders: {salt: {kind: student, "
                  "path: runs/salt/latest.pt}}")
@@ -230,7 +230,7 @@ USJEPA_PRESET = dict(solver="adamw", lrs=[1e-3], wds=[1e-4], decay="decoupled", 
 
 
 def validate_probe_config(cfg: DictConfig) -> ProbeRunConfig:
-    """Every choice and range of a merged probe config (the specs' `__post_init__`); returns the typed spec."""
+    """Every choice and range of a merged probe config (the specs' `check`); returns the typed spec."""
     return to_spec(cfg)
 
 
@@ -268,7 +268,7 @@ def _drop_entry(cfg: DictConfig, ov: str) -> bool:
 def load_probe_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Load a probe config; overrides may address named entries (`encoders.salt.path=...`), drop them
     (`datasets.aul=null` or `~datasets.aul`), and `select_datasets=[a,b]` keeps only the named datasets."""
-    from usjepa.config import _all_dotted_keys, _thawed, load_config
+    from usjepa.config import _all_dotted_keys, load_config
 
     cfg = load_config(path, (), schema=ProbeRunConfig)
     for ov in overrides:
@@ -283,7 +283,7 @@ def load_probe_config(path: str | Path | None, overrides: list[str] | tuple[str,
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{key}' in command-line overrides{hint}")
         try:
-            cfg = _thawed(OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov])))
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
         except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
             raise ConfigError(f"bad override '{ov}': {e.msg}") from None
     if cfg.select_datasets:

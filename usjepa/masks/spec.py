@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from usjepa.registry import Registry
-from usjepa.spec import at_least, choice, interval, within
+from usjepa.spec import Spec, at_least, choice, interval, within
 
 # the published recipes (method.md): US-JEPA / I-JEPA multi-block, SALT / V-JEPA long-short complement, MAE random
 MASK_PRESETS: dict[str, dict] = {
@@ -38,8 +38,8 @@ MASK_SAMPLERS.register("per_sample", summary="shapes per block and image, lists 
 SAMPLERS = MASK_SAMPLERS.names()
 
 
-@dataclass(frozen=True)
-class RegionMaskConfig:
+@dataclass
+class RegionMaskConfig(Spec):
     """USrc-JEPA: restrict context and targets to patches inside the ultrasound region (fan)."""
 
     enabled: bool = False
@@ -47,14 +47,14 @@ class RegionMaskConfig:
     tau: int = 4  # a block needs at least tau valid patches, else it is resampled
     max_tries: int = 20
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         within(self.min_fraction, 0.0, 1.0, "min_fraction", "[)")
         at_least(self.tau, 1, "tau")
         at_least(self.max_tries, 1, "max_tries")
 
 
-@dataclass(frozen=True)
-class MaskConfig:
+@dataclass
+class MaskConfig(Spec):
     preset: str = "usjepa"  # usjepa | ijepa | salt | random | custom
     # reference: the published collators (one block shape per batch, truncation to the batch minimum);
     # per_sample: shapes per block and image, lists padded (milder masking; see the README)
@@ -70,7 +70,7 @@ class MaskConfig:
     random_ratio: float = 0.75  # preset `random`: share of patches masked
     region: RegionMaskConfig = field(default_factory=RegionMaskConfig)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         choice(self.preset, (*MASK_PRESETS, CUSTOM), "preset")
         MASK_SAMPLERS.check(self.sampler, "sampler")
         interval(self.context_scale, "context_scale", 0.0, 1.0, open_lo=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from usjepa.registry import Registry
-from usjepa.spec import at_least, choice, fail, key, within
+from usjepa.spec import Spec, at_least, choice, fail, key, within
 
 VIT_PRESETS: dict[str, dict[str, int]] = {
     "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
@@ -40,8 +40,8 @@ def check_heads(dim: int, heads: int, dim_key: str, heads_key: str) -> None:
         fail(f"{key(dim_key)}={dim} is not divisible by {key(heads_key)}={heads}")
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+@dataclass
+class ModelConfig(Spec):
     """The student encoder (for `mae`, the encoder that becomes the teacher)."""
 
     arch: str = "vit_tiny"  # vit_tiny | vit_small | vit_base | vit_large | vit_huge
@@ -60,7 +60,7 @@ class ModelConfig:
     depth: int = 0
     num_heads: int = 0
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         choice(self.arch, VIT_PRESETS, "arch")
         ATTENTION_BACKENDS.check(self.attn_backend, "attn_backend")
         POS_EMBEDS.check(self.pos_embed, "pos_embed")
@@ -89,15 +89,15 @@ class ModelConfig:
         return getattr(self, name) or VIT_PRESETS[self.arch][name]
 
 
-@dataclass(frozen=True)
-class PredictorConfig:
+@dataclass
+class PredictorConfig(Spec):
     depth: int = 12
     embed_dim: int = 384
     num_heads: int = 16
     per_block: bool = True  # predict each target block in its own sequence (I-JEPA); False: the union at once
     zero_init_mask_tokens: bool = False  # V-JEPA / V-JEPA 2 start mask tokens at 0; I-JEPA trunc-normal(0.02)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         for name in ("depth", "embed_dim", "num_heads"):
             at_least(getattr(self, name), 1, name)
         check_heads(self.embed_dim, self.num_heads, "embed_dim", "num_heads")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from usjepa.registry import Registry
-from usjepa.spec import at_least, positive, within
+from usjepa.spec import Spec, at_least, positive, within
 
 OBJECTIVES = Registry("objective")
 OBJECTIVES.register("salt", "usjepa.objectives.salt:from_config", "latent regression onto a frozen teacher (SALT)",
@@ -30,30 +30,30 @@ TARGET_NORMS.register("layernorm", summary="non-affine LayerNorm per token")
 TARGET_NORMS.register("none", summary="raw teacher tokens")
 
 
-@dataclass(frozen=True)
-class EMAConfig:
+@dataclass
+class EMAConfig(Spec):
     momentum_start: float = 0.996
     momentum_end: float = 1.0
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         within(self.momentum_start, 0.0, 1.0, "momentum_start")
         within(self.momentum_end, self.momentum_start, 1.0, "momentum_end")
 
 
-@dataclass(frozen=True)
-class MAEConfig:
+@dataclass
+class MAEConfig(Spec):
     decoder_dim: int = 512
     decoder_depth: int = 8
     decoder_heads: int = 16
     norm_pix_loss: bool = True
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         for name in ("decoder_dim", "decoder_depth", "decoder_heads"):
             at_least(getattr(self, name), 1, name)
 
 
-@dataclass(frozen=True)
-class ObjectiveConfig:
+@dataclass
+class ObjectiveConfig(Spec):
     name: str = "salt"  # salt | mae | ema_jepa
     loss: str = "l1"  # l1 | smooth_l1 | l2
     smooth_l1_beta: float = 1.0
@@ -61,7 +61,7 @@ class ObjectiveConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     mae: MAEConfig = field(default_factory=MAEConfig)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         OBJECTIVES.check(self.name, "name")
         LOSSES.check(self.loss, "loss")
         TARGET_NORMS.check(self.target_norm, "target_norm")

@@ -260,7 +260,7 @@ def load_config(
         if "=" not in ov:
             raise ConfigError(f"override '{ov}' must look like key=value, e.g. optim.lr=1e-3")
         key = ov.split("=", 1)[0].lstrip("+")
-        known = OmegaConf.select(base, key, default="__missing__") != "__missing__" or _is_containerspec_key(base, key)
+        known = OmegaConf.select(base, key, default="__missing__") != "__missing__" or _is_container_key(base, key)
         if not known and not _under_free_dict(base, key):
             raise ConfigError(_unknown_key_message(base, key, "command-line overrides"))
         if ov.split("=", 1)[1].strip() in ("{}", "[]"):  # an empty container replaces, it does not merge
@@ -275,7 +275,7 @@ def load_config(
     return cfg
 
 
-def _is_containerspec_key(base: DictConfig, key: str) -> bool:
+def _is_container_key(base: DictConfig, key: str) -> bool:
     try:
         node = OmegaConf.select(base, key, default=None)
     except Exception:
@@ -301,7 +301,7 @@ def validate(cfg: DictConfig) -> PretrainConfig:
     return spec
 
 
-# ----------------------------------------------------------------------------- provenance
+# ----------------------------------------------------------------------------- saving and the reference
 
 
 def save_run_config(cfg: DictConfig, run_dir: str | Path) -> None:

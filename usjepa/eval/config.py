@@ -42,6 +42,7 @@ LABEL_KINDS = ("classification", "regression")
 SOLVERS = ("lbfgs", "adamw")
 DECAYS = ("decoupled", "l2")
 SEVERITIES = (1, 2, 3)
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "hpu", "npu", "mtia", "xla")  # `device`: torch device types (":N" ok)
 _NEEDS_HINT = {
     "path": "needs a checkpoint (latest.pt, best.pt or encoder.safetensors)",
     "teacher": "name a teacher-zoo family (e.g. timm, mae)",
@@ -210,8 +211,9 @@ class ProbeRunConfig(Spec):
         for name, e in self.encoders.items():
             if e.kind == "random" and e.like == name:
                 fail(f"encoders.{name}.like names itself")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
-            fail(f"device='{self.device}' must be auto, cpu, cuda or cuda:N")
+        if not re.fullmatch(rf"auto|({'|'.join(DEVICE_TYPES)})(:\d+)?", self.device):
+            fail(f"{key('device')}='{self.device}' must be auto, cpu, cuda or cuda:N (or another torch device type: "
+                 f"{', '.join(DEVICE_TYPES[2:])})")
         positive(self.batch_size, "batch_size")
         at_least(self.num_workers, 0, "num_workers")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from launch.config import LaunchConfig
@@ -234,13 +234,36 @@ def _structured(schema: type) -> DictConfig:
     return base
 
 
-def _under_free_dict(base: DictConfig, key: str) -> bool:
+def _known_key(cfg: DictConfig, key: str) -> bool:
+    """A key the config has, or a new key under a free-form mapping (teacher.options.<new>, datasets.<new>...)."""
+    if OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
+        return True
     parts = key.split(".")
-    for i in range(1, len(parts)):
-        node = OmegaConf.select(base, ".".join(parts[:i]), default=None)
-        if isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:
-            return True
+    for i in range(len(parts) - 1, 0, -1):
+        node = OmegaConf.select(cfg, ".".join(parts[:i]), default=None)
+        if node is not None:  # the nearest existing ancestor decides: only free-form mappings take new keys
+            return isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
     return False
+
+
+def apply_override(cfg: DictConfig, override: str, example: str = "e.g. optim.lr=1e-3") -> DictConfig:
+    """One dotted `key=value` (YAML value) on a loaded config; the one override parser of every config kind.
+
+    An unknown key names the closest valid one; an empty container (`{}` / `[]`) replaces instead of merging.
+    """
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' must look like key=value, {example}")
+    key, value = override.split("=", 1)
+    key = key.lstrip("+")
+    if not _known_key(cfg, key):
+        raise ConfigError(_unknown_key_message(cfg, key, "command-line overrides"))
+    if value.strip() in ("{}", "[]"):
+        OmegaConf.update(cfg, key, {} if value.strip() == "{}" else [], merge=False)
+        return cfg
+    try:
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist([override]))
+    except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
+        raise ConfigError(f"bad override '{override}': {str(e.msg).splitlines()[0]}") from None
 
 
 def load_config(
@@ -257,30 +280,10 @@ def load_config(
         except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
             raise ConfigError(f"bad value in '{path}' at '{e.full_key}': {str(e.msg).splitlines()[0]}") from None
     for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"override '{ov}' must look like key=value, e.g. optim.lr=1e-3")
-        key = ov.split("=", 1)[0].lstrip("+")
-        known = OmegaConf.select(base, key, default="__missing__") != "__missing__" or _is_container_key(base, key)
-        if not known and not _under_free_dict(base, key):
-            raise ConfigError(_unknown_key_message(base, key, "command-line overrides"))
-        if ov.split("=", 1)[1].strip() in ("{}", "[]"):  # an empty container replaces, it does not merge
-            OmegaConf.update(cfg, key, {} if ov.split("=", 1)[1].strip() == "{}" else [], merge=False)
-            continue
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
-        except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
-            raise ConfigError(f"bad override '{ov}': {str(e.msg).splitlines()[0]}") from None
+        cfg = apply_override(cfg, ov)
     if schema is PretrainConfig:
         validate(cfg)
     return cfg
-
-
-def _is_container_key(base: DictConfig, key: str) -> bool:
-    try:
-        node = OmegaConf.select(base, key, default=None)
-    except Exception:
-        return False
-    return isinstance(node, (DictConfig, ListConfig))
 
 
 def validate(cfg: DictConfig) -> PretrainConfig:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from launch.config import LaunchConfig
 from teachers.config import TeacherConfig
@@ -236,18 +235,6 @@ def validate_probe_config(cfg: DictConfig) -> ProbeRunConfig:
     return to_spec(cfg)
 
 
-def _known(cfg: DictConfig, key: str) -> bool:
-    """A key the schema has, or a new entry of a name-keyed mapping (encoders.<new>..., datasets.<new>...)."""
-    if OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
-        return True
-    parts = key.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        node = OmegaConf.select(cfg, ".".join(parts[:i]), default=None)
-        if node is not None:  # the nearest existing ancestor decides: only free-form mappings take new keys
-            return isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
-    return False
-
-
 _DROPPABLE = ("datasets", "encoders")  # name-keyed mappings whose entries an override may remove
 
 
@@ -270,24 +257,12 @@ def _drop_entry(cfg: DictConfig, ov: str) -> bool:
 def load_probe_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Load a probe config; overrides may address named entries (`encoders.salt.path=...`), drop them
     (`datasets.aul=null` or `~datasets.aul`), and `select_datasets=[a,b]` keeps only the named datasets."""
-    from usjepa.config import _all_dotted_keys, load_config
+    from usjepa.config import apply_override, load_config
 
     cfg = load_config(path, (), schema=ProbeRunConfig)
     for ov in overrides:
-        if _drop_entry(cfg, ov):
-            continue
-        if "=" not in ov:
-            raise ConfigError(f"override '{ov}' must look like key=value (e.g. protocol.seeds=[0]) or ~datasets.NAME "
-                              "to drop a dataset")
-        key = ov.split("=", 1)[0].lstrip("+")
-        if not _known(cfg, key):
-            close = difflib.get_close_matches(key, _all_dotted_keys(cfg), n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown config key '{key}' in command-line overrides{hint}")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
-        except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
-            raise ConfigError(f"bad override '{ov}': {e.msg}") from None
+        if not _drop_entry(cfg, ov):
+            cfg = apply_override(cfg, ov, "e.g. protocol.seeds=[0], or ~datasets.NAME to drop a dataset")
     if cfg.select_datasets:
         unknown = [n for n in cfg.select_datasets if n not in cfg.datasets]
         if unknown:

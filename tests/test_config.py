@@ -220,3 +220,21 @@ def test_any_config_module_imports_first(first):
     """No import cycle: each section module works as the first import of a fresh interpreter."""
     proc = _fresh(f"import {first}\nimport usjepa.config\nprint(usjepa.config.load_config('{TINY}').model.arch)")
     assert proc.returncode == 0 and proc.stdout.strip() == "vit_tiny", proc.stderr
+
+
+def _toy_from_config(cfg, parts):
+    return ("toy", type(parts.student).__name__, parts.total_steps)
+
+
+def test_a_registered_objective_is_accepted_and_built(monkeypatch):
+    """Adding an objective is its module plus one registry entry: the config accepts it and the builder calls it."""
+    from usjepa.objectives.spec import OBJECTIVES
+    from usjepa.registry import Entry
+    from usjepa.train.build import build_objective
+
+    with pytest.raises(ConfigError, match="objective.name='toy'"):
+        load_config(TINY, ["objective.name=toy"])
+    monkeypatch.setitem(OBJECTIVES._entries, "toy", Entry("toy", f"{__name__}:_toy_from_config",
+                                                         facts={"needs_teacher": False}))
+    cfg = load_config(TINY, ["objective.name=toy", "model.depth=1"])
+    assert build_objective(cfg, total_steps=7) == ("toy", "VisionTransformer", 7)

@@ -54,9 +54,9 @@ def masked_token_loss(pred: Tensor, target: Tensor, valid: Tensor | None, kind: 
     """
     pred = pred.float()
     target = target.float()
-    if kind not in LOSSES:
+    if kind not in _ELEMENTWISE:
         raise ValueError(f"unknown loss '{kind}'; use one of {', '.join(LOSSES)}")
-    elem = LOSSES.get(kind)(pred, target, beta)  # [B, T, K, D]
+    elem = _ELEMENTWISE[kind](pred, target, beta)  # [B, T, K, D]
     per_token = elem.mean(-1)  # [B, T, K]
     if valid is None:
         per_block = per_token.mean(-1)
@@ -76,6 +76,10 @@ def smooth_l1_elements(pred: Tensor, target: Tensor, beta: float) -> Tensor:
 
 def l2_elements(pred: Tensor, target: Tensor, beta: float) -> Tensor:
     return (pred - target).pow(2)
+
+
+# name -> elementwise loss, resolved once from the LOSSES registry (a plain dict lookup in the step, compile-friendly)
+_ELEMENTWISE = {name: LOSSES.get(name) for name in LOSSES}
 
 
 def normalise_targets(h: Tensor, kind: str) -> Tensor:

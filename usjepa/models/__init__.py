@@ -1,13 +1,34 @@
-"""Models: the ViT encoder, the JEPA predictor, the MAE decoder, and encoder checkpoint I/O."""
+"""Models: the ViT encoder, the JEPA predictor, the MAE decoder, and encoder checkpoint I/O.
 
-from usjepa.models.checkpoint_io import export_encoder, load_encoder_checkpoint
-from usjepa.models.checkpointing import apply_activation_checkpointing, checkpointed_blocks
-from usjepa.models.predictor import Predictor
-from usjepa.models.vit import VIT_PRESETS, VisionTransformer, build_vit
+The names below load on first use (usjepa.lazy), so the light `usjepa.models.spec` imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from usjepa.lazy import lazy_exports
+from usjepa.models.spec import VIT_PRESETS
+
+if TYPE_CHECKING:
+    from usjepa.models.vit import VisionTransformer
+
+_EXPORTS = {
+    "VisionTransformer": "usjepa.models.vit",
+    "build_vit": "usjepa.models.vit",
+    "Predictor": "usjepa.models.predictor",
+    "apply_activation_checkpointing": "usjepa.models.checkpointing",
+    "checkpointed_blocks": "usjepa.models.checkpointing",
+    "export_encoder": "usjepa.models.checkpoint_io",
+    "load_encoder_checkpoint": "usjepa.models.checkpoint_io",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def build_encoder(model_cfg) -> VisionTransformer:
     """A `VisionTransformer` from the `model:` config section."""
+    from usjepa.models.vit import build_vit
+
     return build_vit(
         arch=model_cfg.arch,
         embed_dim=model_cfg.embed_dim,
@@ -26,14 +47,4 @@ def build_encoder(model_cfg) -> VisionTransformer:
     )
 
 
-__all__ = [
-    "VIT_PRESETS",
-    "VisionTransformer",
-    "Predictor",
-    "build_vit",
-    "apply_activation_checkpointing",
-    "checkpointed_blocks",
-    "build_encoder",
-    "export_encoder",
-    "load_encoder_checkpoint",
-]
+__all__ = ["VIT_PRESETS", "build_encoder", *_EXPORTS]

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from usjepa.models.layers import (
-    POS_EMBEDS,
     Block,
     gather_tokens,
     init_weights,
@@ -24,14 +23,7 @@ from usjepa.models.layers import (
 )
 from usjepa.models.layout import Segment, TokenLayout
 from usjepa.models.rope import RopeTables
-
-VIT_PRESETS: dict[str, dict[str, int]] = {
-    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "vit_small": dict(embed_dim=384, depth=12, num_heads=6),
-    "vit_base": dict(embed_dim=768, depth=12, num_heads=12),
-    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16),
-    "vit_huge": dict(embed_dim=1280, depth=32, num_heads=16),
-}
+from usjepa.models.spec import INITS, POS_EMBEDS, VIT_PRESETS
 
 
 class PatchEmbed(nn.Module):
@@ -108,7 +100,7 @@ class VisionTransformer(nn.Module):
         self.register_buffer("input_mean", mean, persistent=False)
         self.register_buffer("input_std", std, persistent=False)
         self._pos_cache: dict[tuple[int, int], Tensor] = {}
-        if init not in ("jepa", "mae"):
+        if init not in INITS:
             raise ValueError(f"init must be 'jepa' or 'mae', got '{init}'")
         # jepa: trunc-normal(0.02) linears rescaled per depth (I-JEPA / V-JEPA); mae: xavier-uniform (MAE)
         self.apply(xavier_init if init == "mae" else init_weights)

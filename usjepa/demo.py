@@ -136,7 +136,7 @@ def run_demo(out_dir: str | Path = "runs/demo", size: str = "tiny", compare: boo
         },
         # heads on the last 4 blocks (mean-pooled patch tokens, or with the CLS tokens), lr x wd, picked on val
         "protocol": {"preset": "grid", "img_size": [s["img"], s["img"]], "seeds": [0, 1, 2],
-                     "pooling": ["mean", "cls+mean"], "last_k": [4], "bootstrap": 1000},
+                     "pooling": ["mean"], "last_k": [4], "bootstrap": 1000},
         "batch_size": 128,
     }
     probe_yaml = out / "probe.yaml"

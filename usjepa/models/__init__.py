@@ -1,33 +1,31 @@
-"""Models: the ViT encoder, the JEPA predictor, the MAE decoder, and encoder checkpoint I/O."""
+"""Models: the ViT encoder and its `EncoderSpec`, the JEPA predictor, the MAE decoder.
 
-from usjepa.models.checkpoint_io import export_encoder, load_encoder_checkpoint
+Files are not read or written here (beyond state dicts): `export_encoder` and `load_encoder_checkpoint` live in
+`usjepa.io.checkpoints` and stay importable from this package, loaded on first use.
+"""
+
 from usjepa.models.checkpointing import apply_activation_checkpointing, checkpointed_blocks
 from usjepa.models.predictor import Predictor
+from usjepa.models.spec import EncoderSpec
 from usjepa.models.vit import VIT_PRESETS, VisionTransformer, build_vit
 
 
 def build_encoder(model_cfg) -> VisionTransformer:
     """A `VisionTransformer` from the `model:` config section."""
-    return build_vit(
-        arch=model_cfg.arch,
-        embed_dim=model_cfg.embed_dim,
-        depth=model_cfg.depth,
-        num_heads=model_cfg.num_heads,
-        img_size=tuple(model_cfg.img_size),
-        patch_size=model_cfg.patch_size,
-        in_chans=model_cfg.in_chans,
-        cls_token=model_cfg.cls_token,
-        drop_path=model_cfg.drop_path,
-        attn_backend=model_cfg.attn_backend,
-        norm_mean=tuple(model_cfg.norm_mean),
-        norm_std=tuple(model_cfg.norm_std),
-        pos_embed=getattr(model_cfg, "pos_embed", "sincos"),
-        init=getattr(model_cfg, "init", "jepa"),
-    )
+    return EncoderSpec.from_model_config(model_cfg).build()
+
+
+def __getattr__(name: str):
+    if name in ("export_encoder", "load_encoder_checkpoint"):  # usjepa.io.checkpoints builds on this package
+        from usjepa.io import checkpoints
+
+        return getattr(checkpoints, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "VIT_PRESETS",
+    "EncoderSpec",
     "VisionTransformer",
     "Predictor",
     "build_vit",

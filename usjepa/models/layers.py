@@ -16,8 +16,6 @@ from torch import Tensor, nn
 from usjepa.models.attention import Attention
 from usjepa.models.layout import TokenLayout
 
-POS_EMBEDS = ("sincos", "rope")
-
 
 def sincos_2d(embed_dim: int, grid: tuple[int, int]) -> Tensor:
     """Fixed 2-D sine-cosine position embedding, [H*W, D], raster order (row-major), as in MAE / I-JEPA."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from usjepa.models.layers import POS_EMBEDS, Block, init_weights, sincos_2d, xavier_init
+from usjepa.models.layers import Block, init_weights, sincos_2d, xavier_init
 from usjepa.models.rope import RopeTables
+from usjepa.models.spec import POS_EMBEDS
 
 
 class MAEDecoder(nn.Module):

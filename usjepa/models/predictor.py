@@ -6,9 +6,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from usjepa.models.layers import POS_EMBEDS, Block, gather_tokens, init_weights, rescale_residual_branches, sincos_2d
+from usjepa.models.layers import Block, gather_tokens, init_weights, rescale_residual_branches, sincos_2d
 from usjepa.models.layout import Segment, TokenLayout
 from usjepa.models.rope import RopeTables
+from usjepa.models.spec import POS_EMBEDS
 
 
 class Predictor(nn.Module):

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from usjepa.spec import Spec, at_least, choice
+
+CLUSTERS = ("slurm", "local", "debug")  # launch.cluster: where `usjepa launch` sends the job
+POSITIVE = ("nodes", "tasks_per_node", "cpus_per_task", "time", "array_parallelism")
+NON_NEGATIVE = ("gpus_per_node", "mem_gb", "signal_delay_s", "max_requeues")
+
 
 @dataclass
-class LaunchConfig:
+class LaunchConfig(Spec):
     cluster: str = "local"  # local | slurm | debug
     partition: str = ""
     account: str = ""
@@ -25,3 +31,10 @@ class LaunchConfig:
     slurm_additional_parameters: dict = field(default_factory=dict)  # any other `#SBATCH --key=value`
     setup: list[str] = field(default_factory=list)  # shell lines run in the sbatch script before srun
     job_name: str = ""  # SLURM job name; empty: usjepa-<run folder name>
+
+    def check(self) -> None:
+        choice(self.cluster, CLUSTERS, "cluster")
+        for name in POSITIVE:
+            at_least(getattr(self, name), 1, name)
+        for name in NON_NEGATIVE:
+            at_least(getattr(self, name), 0, name)

@@ -16,11 +16,11 @@ from typing import Any
 import submitit
 from submitit.slurm.slurm import SlurmExecutor
 
-from usjepa.config import ConfigError
+from launch.config import CLUSTERS, NON_NEGATIVE, POSITIVE
+from usjepa.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-CLUSTERS = ("slurm", "local", "debug")
 _STRING_OPTIONS = ("partition", "account", "qos", "constraint", "exclude")
 _PLACEHOLDER = re.compile(r"<[^<>]+>")
 
@@ -45,14 +45,12 @@ def check_launch(launch: Any, cluster: str) -> None:
     """Range checks and left-over placeholders, phrased as `launch.<key>` errors."""
     if cluster not in CLUSTERS:
         raise ConfigError(f"cluster '{cluster}' is not one of {', '.join(CLUSTERS)} (launch.cluster or --cluster)")
-    for key in ("nodes", "tasks_per_node", "cpus_per_task", "time"):
+    for key in POSITIVE:
         if int(_get(launch, key)) < 1:
             raise ConfigError(f"launch.{key}={_get(launch, key)} must be >= 1")
-    for key in ("gpus_per_node", "mem_gb", "signal_delay_s", "max_requeues"):
+    for key in NON_NEGATIVE:
         if int(_get(launch, key)) < 0:
             raise ConfigError(f"launch.{key}={_get(launch, key)} must be >= 0")
-    if int(_get(launch, "array_parallelism")) < 1:
-        raise ConfigError(f"launch.array_parallelism={_get(launch, 'array_parallelism')} must be >= 1")
     extra = _plain(_get(launch, "slurm_additional_parameters")) or {}
     values = {f"launch.{k}": _get(launch, k) for k in _STRING_OPTIONS}
     values.update({f"launch.slurm_additional_parameters.{k}": v for k, v in extra.items()})

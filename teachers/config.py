@@ -1,12 +1,15 @@
-"""The `teacher:` config section (owned by the teacher zoo)."""
+"""The `teacher:` config section (owned by the teacher zoo; light: reads teachers.catalog, no torch)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from teachers.catalog import FAMILY_MODULES, GRID_RESAMPLE, MODEL_NORM, NORM_PRESETS, PRECISIONS
+from usjepa.spec import Spec, at_least, choice
+
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(Spec):
     family: str = ""  # usjepa | timm | vit | mae | urfm | dinov2 | ijepa | usfm | random
     checkpoint: str = ""
     arch: str = ""  # architecture name where the family needs one (timm model name, vit_base, ...)
@@ -19,3 +22,14 @@ class TeacherConfig:
     cache: str = ""  # directory of precomputed targets (usjepa teacher cache); "" = run the teacher live
     # family options (which, drop, prefixes, num_heads, native_grid, seed, img_size, ...) and grid_resample
     options: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.family:
+            FAMILY_MODULES.check(self.family, "family")
+        if self.norm:  # "": the family's default
+            choice(self.norm, (*NORM_PRESETS, MODEL_NORM), "norm")
+        choice(self.precision, PRECISIONS, "precision")
+        at_least(self.patch_size, 0, "patch_size", " (0: the family's default)")
+        at_least(self.mean_last_k, 1, "mean_last_k")
+        if "grid_resample" in self.options:
+            choice(self.options["grid_resample"], GRID_RESAMPLE, "options.grid_resample")

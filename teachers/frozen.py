@@ -19,19 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from teachers.backbones import Backbone
+from teachers.catalog import GRID_RESAMPLE, NORM_PRESETS, PRECISIONS
 from usjepa.models.layers import gather_tokens
 from usjepa.models.vit import to_channels
 
-# name -> (mean, std) per channel in [0, 1] units; "zscore" and "none" are handled in `normalise`.
-PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-    "minus_one_one": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "zscore": None,
-    "none": None,
-}
-GRID_RESAMPLE = ("auto", "area", "bilinear")
-PRECISIONS = ("auto", "bf16", "fp32")
+PRESETS = NORM_PRESETS  # input normalisation presets (teachers.catalog holds the names)
 
 
 @functools.lru_cache(maxsize=1)

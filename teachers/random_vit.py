@@ -11,7 +11,7 @@ from teachers.arch import ArchFacts
 from teachers.backbones import UsjepaBackbone
 from teachers.registry import Built, register
 from teachers.usjepa_family import encoder_stats
-from usjepa.models.spec import EncoderSpec, preset_sizes
+from usjepa.models.encoder_spec import EncoderSpec, preset_sizes
 
 
 @register("random", default_norm="model", needs_checkpoint=False,

@@ -9,6 +9,7 @@ builder, so a misspelt option is an error that names the valid ones.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect as pyinspect
 import logging
 from collections.abc import Callable, Mapping
@@ -18,8 +19,10 @@ from typing import Any
 
 from teachers.arch import ArchFacts
 from teachers.backbones import Backbone
+from teachers.catalog import FAMILY_MODULES
 from teachers.frozen import FrozenTeacher
 from teachers.loading import KeyReport
+from usjepa.errors import ConfigError
 from usjepa.models.checkpoint_io import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,9 @@ def register(name: str, *, default_norm: str, summary: str, drop: tuple[str, ...
              revision: int = 1) -> Callable[[Callable[..., Built]], Callable[..., Built]]:
     """Decorator adding a family builder to `FAMILIES` (see teachers/README.md for what a builder must do)."""
 
+    if name not in FAMILY_MODULES:
+        raise ValueError(f"teacher family '{name}' is not listed in teachers/catalog.py (FAMILY_MODULES)")
+
     def deco(fn: Callable[..., Built]) -> Callable[..., Built]:
         if name in FAMILIES and FAMILIES[name].build is not fn:
             raise ValueError(f"teacher family '{name}' is already registered")
@@ -75,18 +81,22 @@ def register(name: str, *, default_norm: str, summary: str, drop: tuple[str, ...
     return deco
 
 
-def config_error(message: str) -> ValueError:
-    """The project's user-facing config error (imported late: usjepa.config imports this package)."""
-    from usjepa.config import ConfigError
+def load_families() -> dict[str, Family]:
+    """Import every family module listed in teachers/catalog.py (each registers its builder); `FAMILIES` then."""
+    for name in FAMILY_MODULES:
+        if name not in FAMILIES:
+            importlib.import_module(FAMILY_MODULES.entry(name).target)
+    return FAMILIES
 
+
+def config_error(message: str) -> ValueError:
+    """The project's user-facing config error."""
     return ConfigError(message)
 
 
 def user_error(e: Exception, family: str, checkpoint: str | None) -> Exception:
     """Any failure while loading a teacher as a `CheckpointError` / `ConfigError`: one line the CLI prints."""
     from safetensors import SafetensorError
-
-    from usjepa.config import ConfigError
 
     if isinstance(e, (CheckpointError, ConfigError)):
         return e
@@ -104,6 +114,7 @@ def user_error(e: Exception, family: str, checkpoint: str | None) -> Exception:
 
 
 def get_family(name: str) -> Family:
+    load_families()
     if name not in FAMILIES:
         close = difflib.get_close_matches(str(name), list(FAMILIES), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -201,7 +212,7 @@ def load_spec(cfg: Any) -> FrozenTeacher:
     """`load` from the `teacher:` config section (family, checkpoint, arch, patch_size, norm, layer, ...)."""
     family, checkpoint, opts = spec_options(cfg)
     if not family:
-        raise config_error("teacher.family is empty; set it to one of " + ", ".join(sorted(FAMILIES)))
+        raise config_error("teacher.family is empty; set it to one of " + ", ".join(sorted(FAMILY_MODULES)))
     fam = get_family(family)
     if "patch_size" in opts and "patch_size" not in fam.options():
         raise config_error(f"teacher family '{family}' reads its patch size from the checkpoint; remove "

@@ -27,7 +27,7 @@ from teachers.loading import KeyReport
 from teachers.registry import Built, register
 from usjepa.io.checkpoints import load_encoder_checkpoint
 from usjepa.models.checkpoint_io import CheckpointError
-from usjepa.models.spec import EncoderSpec
+from usjepa.models.encoder_spec import EncoderSpec
 
 SLACK = 1.5  # a declared network may hold at most this many times the values in the file (plus MIN_SLACK)
 MIN_SLACK = 1_000_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -184,7 +185,7 @@ def test_an_unlabelled_folder_is_used_whole_and_a_labelled_one_is_split_by_patie
     cfg = DataConfig(source="folder", root=str(labelled), task="folder", region="none")
     with pytest.raises(DataError, match="no patient or group id.*data.groups=none"):  # nothing says who is who
         build_dataset(cfg, "train", (16, 16), augment=False)
-    cfg.groups = "none"  # declared: every image is its own patient
+    cfg = dataclasses.replace(cfg, groups="none")  # declared: every image is its own patient (specs are read-only)
     sizes = {s: len(build_dataset(cfg, s, (16, 16), augment=False)) for s in ("train", "val", "test")}
     assert sizes == {"train": 14, "val": 3, "test": 3}  # labelled: probes need val and test
 

@@ -96,8 +96,8 @@ def test_launch_presets_parse_and_unknown_keys_are_named(tmp_path) -> None:
     ("launch.array_parallelism=0", "launch.array_parallelism"),
 ])
 def test_bad_ranges_are_config_errors(tmp_path, override: str, message: str) -> None:
-    cfg = resolve_run_config(CONFIG, [f"train.out_dir={tmp_path}", override])
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):  # refused when the config loads, before any sbatch script
+        cfg = resolve_run_config(CONFIG, [f"train.out_dir={tmp_path}", override])
         render_sbatch(cfg.launch, tmp_path, "j")
 
 

@@ -129,7 +129,9 @@ def _optional(module: str, attr: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `usjepa` parser. With `only` (the verb on the command line), the other verbs' modules are not imported:
+    `usjepa config` stays light (no torch); every verb is still listed by --help."""
     parser = IntermixedParser(
         prog="usjepa",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -195,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     ]
     for verb, module, add, run, help_ in lazy:
         p = sub.add_parser(verb, help=help_, description=help_)
+        if only is not None and verb != only:
+            continue
         try:
             _optional(module, add)(p)
             p.set_defaults(func=_optional(module, run))
@@ -204,11 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("teacher", help="teacher tools: inspect, verify, cache",
                        description="Tools for frozen teachers: inspect a checkpoint's keys and family, verify that it "
                                    "loads strictly and runs, or precompute its targets for a dataset (cache).")
-    try:
-        _optional("teachers.cli", "add_arguments")(p)
-        p.set_defaults(func=_optional("teachers.cli", "run_from_args"))
-    except (ImportError, AttributeError) as e:
-        p.set_defaults(func=lambda args, e=e: _unavailable("teacher", e))
+    if only is None or only == "teacher":
+        try:
+            _optional("teachers.cli", "add_arguments")(p)
+            p.set_defaults(func=_optional("teachers.cli", "run_from_args"))
+        except (ImportError, AttributeError) as e:
+            p.set_defaults(func=lambda args, e=e: _unavailable("teacher", e))
     _add_verbose_everywhere(parser)
     return parser
 
@@ -220,7 +225,8 @@ def _unavailable(verb: str, err: Exception) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one verb. Expected failures print one `error: ...` line and exit 2 (-v or USJEPA_DEBUG=1: traceback)."""
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(only=next((a for a in words if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     _settle_positionals(args)
     logging.basicConfig(

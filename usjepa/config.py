@@ -1,121 +1,52 @@
 """Typed run configuration: schema -> YAML (with `base:` inheritance) -> dotted CLI overrides -> validate -> save.
 
-Every section is a dataclass; an unknown key anywhere is an error that names the closest valid key.
-Area-specific sections live next to the code that reads them (data, teachers, launch, eval) and are
-composed here.
+Every section is a read-only `Spec` dataclass (usjepa.spec) owned by the code that reads it
+(usjepa.models.spec, usjepa.masks.spec, usjepa.objectives.spec, usjepa.data.config, teachers.config,
+launch.config; optim and train here) that checks its own choices and ranges in `check`, reading the component
+registries for the names. The YAML / CLI layer merges with OmegaConf, then `to_spec` builds those objects, so
+every bad value is refused at load time with its dotted key. An unknown key anywhere is an error that names
+the closest valid key.
+
+This module is light: it imports omegaconf and the spec modules, never torch, a teacher family, data or models.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import platform
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from launch.config import LaunchConfig
 from teachers.config import TeacherConfig
-from usjepa.data.config import COLOUR_FRAMES, PANES, SOURCES, DataConfig
-from usjepa.errors import UsjepaError
+from usjepa.data.config import DataConfig
+from usjepa.errors import ConfigError
+from usjepa.io.provenance import git_info, package_versions
+from usjepa.masks.spec import MaskConfig, RegionMaskConfig
+from usjepa.models.spec import ModelConfig, PredictorConfig
+from usjepa.objectives.spec import OBJECTIVES, EMAConfig, MAEConfig, ObjectiveConfig
+from usjepa.spec import Spec, at_least, choice, fail, positive, to_spec, within
+from usjepa.spec import key as spec_key
+
+PRECISIONS = ("auto", "bf16", "fp32")  # train.precision
+RESUME_MODES = ("auto", "never", "force")  # train.resume (usjepa.io.runfolder reads older true / false)
+SHARDINGS = ("none", "fsdp")  # train.sharding
+
+__all__ = ["ConfigError", "DataConfig", "EMAConfig", "LaunchConfig", "MAEConfig", "MaskConfig", "ModelConfig",
+           "ObjectiveConfig", "OptimConfig", "PredictorConfig", "PretrainConfig", "RegionMaskConfig", "TeacherConfig",
+           "TrainConfig", "from_dict", "git_info", "load_config", "package_versions", "save_run_config", "to_dict",
+           "to_spec", "validate"]
 
 
-class ConfigError(UsjepaError, ValueError):
-    """A configuration problem, phrased for the user: what, where, and what to do."""
-
-
-# ----------------------------------------------------------------------------- sections
-
-
-@dataclass
-class ModelConfig:
-    """The student encoder (for `mae`, the encoder that becomes the teacher)."""
-
-    arch: str = "vit_tiny"  # vit_tiny | vit_small | vit_base | vit_large | vit_huge
-    patch_size: int = 16
-    img_size: list[int] = field(default_factory=lambda: [64, 64])  # [H, W]
-    in_chans: int = 1  # channels the patch embedding takes; inputs are converted to this
-    cls_token: bool = True
-    drop_path: float = 0.0
-    attn_backend: str = "auto"  # auto | xformers | sdpa | math (env USJEPA_ATTN overrides auto)
-    norm_mean: list[float] = field(default_factory=lambda: [0.5])
-    norm_std: list[float] = field(default_factory=lambda: [0.25])
-    pos_embed: str = "sincos"  # sincos (I-JEPA, MAE) / rope (2-D RoPE, V-JEPA 2 / SALT); predictor and decoder follow
-    init: str = "jepa"  # jepa (trunc-normal 0.02, per-depth rescale) / mae (xavier-uniform, CLS std 0.02; MAE)
-    # explicit sizes override the preset when > 0
-    embed_dim: int = 0
-    depth: int = 0
-    num_heads: int = 0
+# ----------------------------------------------------------------------------- sections owned by training
 
 
 @dataclass
-class PredictorConfig:
-    depth: int = 12
-    embed_dim: int = 384
-    num_heads: int = 16
-    per_block: bool = True  # predict each target block in its own sequence (I-JEPA); False: the union at once
-    zero_init_mask_tokens: bool = False  # V-JEPA / V-JEPA 2 start mask tokens at 0; I-JEPA trunc-normal(0.02)
-
-
-@dataclass
-class RegionMaskConfig:
-    """USrc-JEPA: restrict context and targets to patches inside the ultrasound region (fan)."""
-
-    enabled: bool = False
-    min_fraction: float = 0.0  # a patch is valid when more than this share of its pixels is in the region
-    tau: int = 4  # a block needs at least tau valid patches, else it is resampled
-    max_tries: int = 20
-
-
-@dataclass
-class MaskConfig:
-    preset: str = "usjepa"  # usjepa | ijepa | salt | random | custom
-    # reference: the published collators (one block shape per batch, truncation to the batch minimum);
-    # per_sample: shapes per block and image, lists padded (milder masking; see the README)
-    sampler: str = "reference"
-    # custom multi-block settings (used when preset == custom; presets fill these in)
-    context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
-    context_aspect: list[float] = field(default_factory=lambda: [1.0, 1.0])
-    target_scale: list[float] = field(default_factory=lambda: [0.075, 0.125])
-    target_aspect: list[float] = field(default_factory=lambda: [0.75, 1.5])
-    num_targets: int = 4
-    min_keep: int = 10
-    allow_overlap: bool = False
-    random_ratio: float = 0.75  # preset `random`: share of patches masked
-    region: RegionMaskConfig = field(default_factory=RegionMaskConfig)
-
-
-@dataclass
-class EMAConfig:
-    momentum_start: float = 0.996
-    momentum_end: float = 1.0
-
-
-@dataclass
-class MAEConfig:
-    decoder_dim: int = 512
-    decoder_depth: int = 8
-    decoder_heads: int = 16
-    norm_pix_loss: bool = True
-
-
-@dataclass
-class ObjectiveConfig:
-    name: str = "salt"  # salt | mae | ema_jepa
-    loss: str = "l1"  # l1 | smooth_l1 | l2
-    smooth_l1_beta: float = 1.0
-    target_norm: str = "layernorm"  # layernorm (non-affine, per token) | none
-    ema: EMAConfig = field(default_factory=EMAConfig)
-    mae: MAEConfig = field(default_factory=MAEConfig)
-
-
-@dataclass
-class OptimConfig:
+class OptimConfig(Spec):
     lr: float = 6.25e-4  # peak
     start_lr: float = 2e-4
     final_lr: float = 1e-6
@@ -129,9 +60,21 @@ class OptimConfig:
     clip_grad: float = 1.0  # 0 disables
     accum_steps: int = 1
 
+    def check(self) -> None:
+        at_least(self.blr, 0, "blr")
+        if not self.blr > 0:
+            positive(self.lr, "lr", " (or set optim.blr > 0)")
+        for name in ("start_lr", "final_lr", "warmup", "warmup_epochs", "weight_decay", "final_weight_decay",
+                     "clip_grad"):
+            at_least(getattr(self, name), 0, name)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            fail(f"{spec_key('betas')} must be two numbers in [0, 1), got {list(self.betas)}")
+        positive(self.eps, "eps")
+        at_least(self.accum_steps, 1, "accum_steps")
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Spec):
     steps: int = 200  # optimizer steps; if epochs > 0, steps = epochs * steps per epoch
     epochs: int = 0
     out_dir: str = "runs/default"
@@ -152,9 +95,25 @@ class TrainConfig:
     progress: bool = True
     probe_every: int = 0  # periodic linear probe on the labelled val split; 0 disables
 
+    def check(self) -> None:
+        if self.steps < 1 and self.epochs < 1:
+            fail(f"set {spec_key('steps')} or {spec_key('epochs')} to a positive number")
+        choice(self.precision, PRECISIONS, "precision")
+        choice(self.resume, RESUME_MODES, "resume")
+        choice(self.sharding, SHARDINGS, "sharding")
+        for name in ("steps", "epochs", "log_every", "ckpt_every", "keep_last", "val_every", "threads",
+                     "probe_every"):
+            at_least(getattr(self, name), 0, name, " (0 disables)" if name.endswith("_every") else "")
+        within(self.val_fraction, 0.0, 0.5, "val_fraction", "[)")
+        at_least(self.val_batches, 1, "val_batches")
+        if not self.out_dir:
+            fail(f"{spec_key('out_dir')} is empty; name the run folder, e.g. runs/my_run")
+
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Spec):
+    """A training run: every section, and the checks that span sections."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -164,6 +123,41 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def check(self) -> None:
+        if self.model.pos_embed == "rope":
+            self._check_rope_heads()
+        if self.mask.region.enabled and self.data.preprocess == "usjepa":
+            fail("mask.region.enabled=true needs the fan, which data.preprocess=usjepa drops (plain US-JEPA "
+                 "keeps the whole frame): use data.preprocess=usrc (USrc-JEPA: fan crop) or none")
+        if self.mask.region.enabled and self.data.region == "none":
+            fail("mask.region.enabled=true needs fan masks: set data.region to auto, given or estimate")
+        t = self.train
+        if t.sharding == "fsdp" and self.objective.name != "salt":
+            fail(f"train.sharding=fsdp supports objective.name=salt only, not '{self.objective.name}': "
+                 "set train.sharding=none")
+        if t.shard_teacher and (t.sharding != "fsdp" or self.teacher.cache):
+            fail("train.shard_teacher=true needs train.sharding=fsdp and a live teacher (teacher.cache unset): set "
+                 "train.shard_teacher=false")
+        if t.sharding == "fsdp" and t.probe_every > 0:
+            fail("train.sharding=fsdp does not run the periodic probe (it uses rank 0's student alone): set "
+                 "train.probe_every=0 and probe the saved encoder")
+        if OBJECTIVES.fact(self.objective.name, "needs_teacher") and not self.teacher.family:
+            fail(f"objective.name={self.objective.name} needs a frozen teacher: set teacher.family (e.g. usjepa, mae, "
+                 "timm, dinov2) and teacher.checkpoint, or teacher.family=random for a smoke test")
+
+    def _check_rope_heads(self) -> None:
+        """2-D RoPE splits every head in two axes of rotated pairs: head dims must be multiples of 4."""
+        m = self.objective.mae
+        parts = [("model", self.model.size("embed_dim"), self.model.size("num_heads"),
+                  "model.embed_dim / model.num_heads"),
+                 ("predictor", self.predictor.embed_dim, self.predictor.num_heads, "predictor.embed_dim / num_heads")]
+        if self.objective.name == "mae":
+            parts.append(("MAE decoder", m.decoder_dim, m.decoder_heads, "objective.mae.decoder_dim / decoder_heads"))
+        for name, d, h, keys in parts:
+            if h and d % h == 0 and (d // h) % 4:
+                fail(f"model.pos_embed=rope needs head dims divisible by 4: the {name} has {d} / {h} = {d // h}; "
+                     f"change {keys} or use model.pos_embed=sincos")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -254,13 +248,36 @@ def _structured(schema: type) -> DictConfig:
     return base
 
 
-def _under_free_dict(base: DictConfig, key: str) -> bool:
+def _known_key(cfg: DictConfig, key: str) -> bool:
+    """A key the config has, or a new key under a free-form mapping (teacher.options.<new>, datasets.<new>...)."""
+    if OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
+        return True
     parts = key.split(".")
-    for i in range(1, len(parts)):
-        node = OmegaConf.select(base, ".".join(parts[:i]), default=None)
-        if isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:
-            return True
+    for i in range(len(parts) - 1, 0, -1):
+        node = OmegaConf.select(cfg, ".".join(parts[:i]), default=None)
+        if node is not None:  # the nearest existing ancestor decides: only free-form mappings take new keys
+            return isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
     return False
+
+
+def apply_override(cfg: DictConfig, override: str, example: str = "e.g. optim.lr=1e-3") -> DictConfig:
+    """One dotted `key=value` (YAML value) on a loaded config; the one override parser of every config kind.
+
+    An unknown key names the closest valid one; an empty container (`{}` / `[]`) replaces instead of merging.
+    """
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' must look like key=value, {example}")
+    key, value = override.split("=", 1)
+    key = key.lstrip("+")
+    if not _known_key(cfg, key):
+        raise ConfigError(_unknown_key_message(cfg, key, "command-line overrides"))
+    if value.strip() in ("{}", "[]"):
+        OmegaConf.update(cfg, key, {} if value.strip() == "{}" else [], merge=False)
+        return cfg
+    try:
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist([override]))
+    except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
+        raise ConfigError(f"bad override '{override}': {str(e.msg).splitlines()[0]}") from None
 
 
 def load_config(
@@ -277,134 +294,20 @@ def load_config(
         except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
             raise ConfigError(f"bad value in '{path}' at '{e.full_key}': {str(e.msg).splitlines()[0]}") from None
     for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"override '{ov}' must look like key=value, e.g. optim.lr=1e-3")
-        key = ov.split("=", 1)[0].lstrip("+")
-        known = OmegaConf.select(base, key, default="__missing__") != "__missing__" or _is_container_key(base, key)
-        if not known and not _under_free_dict(base, key):
-            raise ConfigError(_unknown_key_message(base, key, "command-line overrides"))
-        if ov.split("=", 1)[1].strip() in ("{}", "[]"):  # an empty container replaces, it does not merge
-            OmegaConf.update(cfg, key, {} if ov.split("=", 1)[1].strip() == "{}" else [], merge=False)
-            continue
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
-        except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
-            raise ConfigError(f"bad override '{ov}': {str(e.msg).splitlines()[0]}") from None
-    validate(cfg)
+        cfg = apply_override(cfg, ov)
+    if schema is PretrainConfig:
+        validate(cfg)
     return cfg
 
 
-def _is_container_key(base: DictConfig, key: str) -> bool:
-    try:
-        node = OmegaConf.select(base, key, default=None)
-    except Exception:
-        return False
-    return isinstance(node, (DictConfig, ListConfig))
-
-
-def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{key}='{value}' is not one of {', '.join(choices)}{hint}")
-
-
-def validate(cfg: DictConfig) -> None:
-    """Range and consistency checks that the type system cannot express."""
-    if "objective" not in cfg:
-        return
-    from teachers.frozen import PRECISIONS
-    from usjepa.masks import MASK_PRESETS, SAMPLERS
-    from usjepa.models.vit import VIT_PRESETS
-
-    _choice(cfg.objective.name, ("salt", "mae", "ema_jepa"), "objective.name")
-    _choice(cfg.objective.loss, ("l1", "smooth_l1", "l2"), "objective.loss")
-    _choice(cfg.objective.target_norm, ("layernorm", "none"), "objective.target_norm")
-    _choice(cfg.model.arch, tuple(VIT_PRESETS), "model.arch")
-    _choice(cfg.model.attn_backend, ("auto", "xformers", "sdpa", "math"), "model.attn_backend")
-    _choice(cfg.model.pos_embed, ("sincos", "rope"), "model.pos_embed")
-    _choice(cfg.model.init, ("jepa", "mae"), "model.init")
-    if cfg.model.pos_embed == "rope":
-        _check_rope_heads(cfg, VIT_PRESETS)
-    _choice(cfg.mask.preset, tuple(MASK_PRESETS) + ("custom",), "mask.preset")
-    _choice(cfg.mask.sampler, SAMPLERS, "mask.sampler")
-    _choice(cfg.train.precision, ("auto", "bf16", "fp32"), "train.precision")
-    _choice(cfg.train.sharding, ("none", "fsdp"), "train.sharding")
-    if cfg.train.sharding == "fsdp" and cfg.objective.name != "salt":
-        raise ConfigError(f"train.sharding=fsdp supports objective.name=salt only, not '{cfg.objective.name}': "
-                          "set train.sharding=none")
-    if cfg.train.shard_teacher and (cfg.train.sharding != "fsdp" or cfg.teacher.cache):
-        raise ConfigError("train.shard_teacher=true needs train.sharding=fsdp and a live teacher (teacher.cache "
-                          "unset): set train.shard_teacher=false")
-    if cfg.train.sharding == "fsdp" and cfg.train.probe_every > 0:
-        raise ConfigError("train.sharding=fsdp does not run the periodic probe (it uses rank 0's student alone): "
-                          "set train.probe_every=0 and probe the saved encoder")
+def validate(cfg: DictConfig) -> PretrainConfig:
+    """Every choice, range and cross-section rule (the specs' `check`), then the on-disk check of
+    data.source=prepared; returns the typed spec. `train.resume` true / false of older configs become auto / never."""
     from usjepa.io.runfolder import resume_mode
 
-    cfg.train.resume = resume_mode(cfg.train.resume)  # true / false of older configs mean auto / never
-    _choice(cfg.teacher.precision, PRECISIONS, "teacher.precision")
-    _choice(cfg.data.panes, PANES, "data.panes")
-    _choice(cfg.data.colour_frames, COLOUR_FRAMES, "data.colour_frames")
-    _check_data_source(cfg)
-    if len(cfg.data.sim_lesion_size):
-        from usjepa.data.sim.phantom import check_lesion_size
-
-        try:
-            check_lesion_size(list(cfg.data.sim_lesion_size))
-        except ValueError as e:
-            raise ConfigError(f"data.sim_lesion_size: {e}") from None
-    _check_data_recipe(cfg)
-    if len(cfg.model.img_size) != 2:
-        raise ConfigError(f"model.img_size must be [H, W], got {list(cfg.model.img_size)}")
-    for i, s in enumerate(cfg.model.img_size):
-        if s % cfg.model.patch_size:
-            raise ConfigError(
-                f"model.img_size[{i}]={s} is not a multiple of model.patch_size={cfg.model.patch_size}; "
-                f"use e.g. {s - s % cfg.model.patch_size or cfg.model.patch_size}"
-            )
-    if cfg.model.in_chans not in (1, 3):
-        raise ConfigError(f"model.in_chans must be 1 or 3, got {cfg.model.in_chans}")
-    if len(cfg.model.norm_mean) not in (1, cfg.model.in_chans) or len(cfg.model.norm_std) != len(cfg.model.norm_mean):
-        raise ConfigError("model.norm_mean / model.norm_std need 1 or in_chans values each, of equal length")
-    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
-        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(cfg.optim.betas)}")
-    if cfg.optim.accum_steps < 1:
-        raise ConfigError("optim.accum_steps must be >= 1")
-    if cfg.train.steps < 1 and cfg.train.epochs < 1:
-        raise ConfigError("set train.steps or train.epochs to a positive number")
-    if not 0 <= cfg.train.val_fraction < 0.5:
-        raise ConfigError(f"train.val_fraction must be in [0, 0.5), got {cfg.train.val_fraction}")
-    if cfg.objective.name in ("salt",) and not cfg.teacher.family:
-        raise ConfigError(
-            "objective.name=salt needs a frozen teacher: set teacher.family (e.g. usjepa, mae, timm, dinov2) "
-            "and teacher.checkpoint, or teacher.family=random for a smoke test"
-        )
-
-
-def _check_data_recipe(cfg: DictConfig) -> None:
-    """Preprocessing, augmentation and crop choices, and the region they must leave to USrc masks."""
-    d = cfg.data
-    _choice(d.preprocess, ("none", "fan", "usjepa", "usrc"), "data.preprocess")
-    _choice(d.augment_policy, ("default", "usjepa", "trivial", "none"), "data.augment_policy")
-    for key in ("crop_scale", "crop_ratio"):
-        v = list(d[key])
-        if len(v) != 2 or not 0 < v[0] <= v[1] or (key == "crop_scale" and v[1] > 1):
-            raise ConfigError(f"data.{key} must be [lo, hi] with 0 < lo <= hi{' <= 1' if key == 'crop_scale' else ''}"
-                              f", got {v}")
-    if cfg.mask.region.enabled and d.preprocess == "usjepa":
-        raise ConfigError("mask.region.enabled=true needs the fan, which data.preprocess=usjepa drops (plain US-JEPA "
-                          "keeps the whole frame): use data.preprocess=usrc (USrc-JEPA: fan crop) or none")
-    if cfg.mask.region.enabled and d.region == "none":
-        raise ConfigError("mask.region.enabled=true needs fan masks: set data.region to auto, given or estimate")
-
-
-def _check_data_source(cfg: DictConfig) -> None:
-    """data.source is known; data.source=prepared points at finished shards of this config's stored-data settings."""
-    _choice(cfg.data.source, SOURCES, "data.source")
-    if cfg.data.max_side < 0:
-        raise ConfigError(f"data.max_side must be >= 0 (0: twice the larger model.img_size side), got "
-                          f"{cfg.data.max_side}")
-    if cfg.data.source == "prepared":
+    cfg.train.resume = resume_mode(cfg.train.resume)
+    spec = to_spec(cfg)
+    if spec.data.source == "prepared":
         from usjepa.data.errors import DataError
         from usjepa.data.shards import check_prepared
 
@@ -412,50 +315,10 @@ def _check_data_source(cfg: DictConfig) -> None:
             check_prepared(cfg.data, cfg.model.img_size)
         except DataError as e:
             raise ConfigError(str(e)) from None
+    return spec
 
 
-def _check_rope_heads(cfg: DictConfig, presets: dict) -> None:
-    """2-D RoPE splits every head in two axes of rotated pairs: head dims must be multiples of 4."""
-    arch = presets.get(cfg.model.arch, {})
-    dim, heads = cfg.model.embed_dim or arch.get("embed_dim", 0), cfg.model.num_heads or arch.get("num_heads", 1)
-    m = cfg.objective.mae
-    parts = [("model", dim, heads, "model.embed_dim / model.num_heads")]
-    parts.append(("predictor", cfg.predictor.embed_dim, cfg.predictor.num_heads, "predictor.embed_dim / num_heads"))
-    if cfg.objective.name == "mae":
-        parts.append(("MAE decoder", m.decoder_dim, m.decoder_heads, "objective.mae.decoder_dim / decoder_heads"))
-    for name, d, h, keys in parts:
-        if h and d % h == 0 and (d // h) % 4:
-            raise ConfigError(f"model.pos_embed=rope needs head dims divisible by 4: the {name} has {d} / {h} = "
-                              f"{d // h}; change {keys} or use model.pos_embed=sincos")
-
-
-# ----------------------------------------------------------------------------- provenance
-
-
-def git_info(repo_dir: str | Path | None = None) -> dict:
-    """Commit and dirty diff of the source tree that runs (empty when not a git checkout)."""
-    repo_dir = Path(repo_dir or Path(__file__).resolve().parent.parent)
-
-    def run(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True, timeout=20).stdout
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    commit = run("rev-parse", "HEAD").strip()
-    return {"commit": commit, "dirty_diff": run("diff", "HEAD") if commit else ""}
-
-
-def package_versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in ("usjepa", "torch", "torchvision", "timm", "xformers", "submitit", "omegaconf", "numpy", "pandas"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
+# ----------------------------------------------------------------------------- saving and the reference
 
 
 def save_run_config(cfg: DictConfig, run_dir: str | Path) -> None:

@@ -38,6 +38,10 @@ class UsjepaError(Exception):
     """An expected failure that the user can fix; the message says what, where and what to do."""
 
 
+class ConfigError(UsjepaError, ValueError):
+    """A configuration problem, phrased for the user: what, where, and what to do (also `usjepa.config.ConfigError`)."""
+
+
 def one_line(text: str) -> str:
     """Collapse a message to one line (YAML and library errors often span several)."""
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())

@@ -1,13 +1,27 @@
 """Ultrasound data: the B-mode simulator (`usjepa.data.sim`), sources (folders, manifests, DICOM, video,
-UltraBench), fan-aware preprocessing, seedable transforms, balanced sampling weights and patient-grouped splits."""
+UltraBench), fan-aware preprocessing, seedable transforms, balanced sampling weights and patient-grouped splits.
 
-from usjepa.data.build import build_dataset, load_table, simulated_root
+The names below load on first use (usjepa.lazy), so the light `usjepa.data.config` imports no numpy or torch.
+"""
+
+from __future__ import annotations
+
 from usjepa.data.config import DataConfig
-from usjepa.data.dataset import UltrasoundDataset, collate_skip_bad
-from usjepa.data.errors import BadItem, DataError
-from usjepa.data.samplers import sampling_weights
-from usjepa.data.splits import SplitLeakageError, check_patient_leakage, make_patient_splits
+from usjepa.lazy import lazy_exports
 
-__all__ = ["BadItem", "DataConfig", "DataError", "SplitLeakageError", "UltrasoundDataset", "build_dataset",
-           "check_patient_leakage", "collate_skip_bad", "load_table", "make_patient_splits", "sampling_weights",
-           "simulated_root"]
+_EXPORTS = {
+    "build_dataset": "usjepa.data.build",
+    "load_table": "usjepa.data.build",
+    "simulated_root": "usjepa.data.build",
+    "UltrasoundDataset": "usjepa.data.dataset",
+    "collate_skip_bad": "usjepa.data.dataset",
+    "BadItem": "usjepa.data.errors",
+    "DataError": "usjepa.data.errors",
+    "sampling_weights": "usjepa.data.samplers",
+    "SplitLeakageError": "usjepa.data.splits",
+    "check_patient_leakage": "usjepa.data.splits",
+    "make_patient_splits": "usjepa.data.splits",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = ["DataConfig", *_EXPORTS]

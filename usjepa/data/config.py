@@ -1,16 +1,37 @@
-"""The `data:` config section (owned by usjepa.data)."""
+"""The `data:` config section (owned by usjepa.data) and the names its keys accept (light: no numpy, no torch)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
+from usjepa.registry import Registry
+from usjepa.spec import Spec, at_least, choice, fail, interval, key, within
+
+DATA_SOURCES = Registry("data source")
+DATA_SOURCES.register("simulate", summary="B-mode simulator (generated into data.root when missing)")
+DATA_SOURCES.register("folder", summary="images, DICOM and video files under data.root")
+DATA_SOURCES.register("manifest", summary="a CSV / Parquet table of files")
+DATA_SOURCES.register("dicom", summary="DICOM files under data.root")
+DATA_SOURCES.register("video", summary="video files under data.root")
+DATA_SOURCES.register("ultrabench", summary="an UltraBench dataset folder")
+DATA_SOURCES.register("prepared", summary="shards written by `usjepa data prepare`")
+SOURCES = DATA_SOURCES.names()  # data.source
 PANES = ("split", "whole")  # data.panes
 COLOUR_FRAMES = ("skip", "gray", "keep")  # data.colour_frames
-SOURCES = ("simulate", "folder", "manifest", "dicom", "video", "ultrabench", "prepared")  # data.source
+PREPROCESS = ("none", "fan", "usjepa", "usrc")  # data.preprocess
+AUGMENT_POLICIES = ("default", "usjepa", "trivial", "none")  # data.augment_policy
+REGIONS = ("auto", "given", "estimate", "none")  # data.region
+RESIZE = ("pad", "squash")  # data.resize
+BALANCE = ("none", "dataset", "organ")  # data.balance
+# the simulator's vocabulary (usjepa.data.sim.phantom draws from these)
+ORGANS = ("liver", "kidney", "muscle", "breast")
+LESIONS = ("normal", "cyst", "solid_hypoechoic", "solid_hyperechoic")
+PROBES = ("linear", "curvilinear", "phased")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Spec):
     source: str = "simulate"  # simulate | folder | manifest | dicom | video | ultrabench | prepared (shards)
     root: str = ""  # folder / UltraBench root / simulated dataset dir (generated there when missing) / shard folder
     manifest: str = ""  # CSV or Parquet manifest
@@ -56,3 +77,38 @@ class DataConfig:
     sim_organ: str = ""  # liver / kidney / muscle / breast; "" = a mix
     sim_lesion_size: list[float] = field(default_factory=list)  # [lo, hi] diameter / depth; [] = [0.08, 0.25]
     sim_workers: int = 0  # processes that simulate (0 = one per CPU core, at most 8); the data do not depend on it
+
+    def check(self) -> None:
+        DATA_SOURCES.check(self.source, "source")
+        for name, names in (("preprocess", PREPROCESS), ("augment_policy", AUGMENT_POLICIES), ("region", REGIONS),
+                            ("resize", RESIZE), ("balance", BALANCE), ("panes", PANES),
+                            ("colour_frames", COLOUR_FRAMES), ("sim_probe", PROBES), ("sim_organ", ORGANS)):
+            if getattr(self, name) or not name.startswith("sim_"):  # sim_probe / sim_organ "": a mix
+                choice(getattr(self, name), names, name)
+        for name, lo in (("num_images", 1), ("batch_size", 1), ("num_workers", 0), ("frame_stride", 1),
+                         ("max_frames", 0), ("max_side", 0), ("balance_cap", 1), ("sim_size", 16),
+                         ("sim_frames_per_patient", 1), ("sim_workers", 0)):
+            at_least(getattr(self, name), lo, name)
+        if self.channels not in (1, 3):
+            fail(f"{key('channels')} must be 1 or 3, got {self.channels}")
+        interval(self.crop_scale, "crop_scale", 0.0, 1.0, open_lo=True)
+        interval(self.crop_ratio, "crop_ratio", 0.0, open_lo=True)
+        for name in ("bad_item_threshold", "hflip", "vflip", "sim_dress"):
+            within(getattr(self, name), 0.0, 1.0, name)
+        fr = list(self.split_fractions)
+        if len(fr) != 3 or min(fr) < 0 or sum(fr) <= 0:
+            fail(f"{key('split_fractions')} must be [train, val, test] shares >= 0, not all 0, got {fr}")
+        if any(w < 0 for w in self.balance_weights.values()):
+            fail(f"{key('balance_weights')} must be >= 0, got {dict(self.balance_weights)}")
+        if self.patient_regex:
+            try:
+                re.compile(self.patient_regex)
+            except re.error as e:
+                fail(f"{key('patient_regex')}='{self.patient_regex}' is not a regular expression ({e})")
+        if len(self.sim_lesion_size):
+            from usjepa.data.sim.phantom import check_lesion_size
+
+            try:
+                check_lesion_size(list(self.sim_lesion_size))
+            except ValueError as e:
+                fail(f"{key('sim_lesion_size')}: {e}")

@@ -314,8 +314,8 @@ def _prepare_into(out: Path, cfg, settings: dict, table: pd.DataFrame, recs: lis
     """prepare(), in a folder this run holds the lock of."""
     from omegaconf import OmegaConf
 
-    from usjepa.config import git_info, package_versions
     from usjepa.data.build import _usable_cpus
+    from usjepa.io.provenance import git_info, package_versions
 
     data = cfg.data
     meta = _check_out(out, settings, plan)

@@ -1,23 +1,36 @@
 """Probing frozen encoders: cached features, linear / attentive / kNN / regression probes, metrics, suites.
 
 The plain API for fixed features is `linear_probe(train=(X, y), val=(X, y), test=(X, y))`; `usjepa probe CONFIG`
-runs a whole suite (encoders x datasets x protocol) into one results table.
+runs a whole suite (encoders x datasets x protocol) into one results table. The names below load on first use
+(usjepa.lazy), so the probe config (`usjepa.eval.config`) reads without torch.
 """
 
-from usjepa.eval.attentive import attentive_probe
-from usjepa.eval.config import ProbeRunConfig, load_probe_config
-from usjepa.eval.corruptions import apply_corruption
-from usjepa.eval.encoders import build_probe_encoder
-from usjepa.eval.features import FeatureSet, extract_features
-from usjepa.eval.knn import knn_probe
-from usjepa.eval.linear import linear_probe
-from usjepa.eval.metrics import bootstrap_ci, classification_metrics, regression_metrics
-from usjepa.eval.periodic import periodic_probe, quick_linear_probe
-from usjepa.eval.regression import regression_probe
-from usjepa.eval.splits import DegenerateSplitError, PatientLeakageError, check_no_leakage
-from usjepa.eval.suite import ProbeResult, run_probe
+from __future__ import annotations
 
-__all__ = ["DegenerateSplitError", "FeatureSet", "PatientLeakageError", "ProbeResult", "ProbeRunConfig",
-           "apply_corruption", "attentive_probe", "bootstrap_ci", "build_probe_encoder", "check_no_leakage",
-           "classification_metrics", "extract_features", "knn_probe", "linear_probe", "load_probe_config",
-           "periodic_probe", "quick_linear_probe", "regression_metrics", "regression_probe", "run_probe"]
+from usjepa.lazy import lazy_exports
+
+_EXPORTS = {
+    "attentive_probe": "usjepa.eval.attentive",
+    "ProbeResult": "usjepa.eval.suite",
+    "run_probe": "usjepa.eval.suite",
+    "ProbeRunConfig": "usjepa.eval.config",
+    "load_probe_config": "usjepa.eval.config",
+    "apply_corruption": "usjepa.eval.corruptions",
+    "build_probe_encoder": "usjepa.eval.encoders",
+    "FeatureSet": "usjepa.eval.features",
+    "extract_features": "usjepa.eval.features",
+    "knn_probe": "usjepa.eval.knn",
+    "linear_probe": "usjepa.eval.linear",
+    "bootstrap_ci": "usjepa.eval.metrics",
+    "classification_metrics": "usjepa.eval.metrics",
+    "regression_metrics": "usjepa.eval.metrics",
+    "periodic_probe": "usjepa.eval.periodic",
+    "quick_linear_probe": "usjepa.eval.periodic",
+    "regression_probe": "usjepa.eval.regression",
+    "DegenerateSplitError": "usjepa.eval.splits",
+    "PatientLeakageError": "usjepa.eval.splits",
+    "check_no_leakage": "usjepa.eval.splits",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = list(_EXPORTS)

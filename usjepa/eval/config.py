@@ -2,30 +2,56 @@
 
 Encoders and datasets are mappings keyed by a short name, so a single entry can be changed from the
 command line (`encoders.salt.path=runs/salt/latest.pt`, `datasets.lesion.data.num_images=256`).
+Every section is a `Spec` that checks itself when built (usjepa.spec); `ENCODER_KINDS` and `CORRUPTIONS` are the
+registries the probe code builds from. Light: no torch at import.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from launch.config import LaunchConfig
 from teachers.config import TeacherConfig
-from usjepa.data.config import COLOUR_FRAMES, PANES, DataConfig
+from usjepa.data.config import DataConfig
+from usjepa.errors import ConfigError
+from usjepa.registry import Registry
+from usjepa.spec import Spec, at_least, choice, each_choice, fail, key, positive, to_spec
 
-ENCODER_KINDS = ("student", "mae", "teacher", "timm", "random")
+ENCODER_KINDS = Registry("probe encoder kind")  # facts: needs = the field that must be set
+ENCODER_KINDS.register("student", "usjepa.eval.encoders:checkpoint_encoder", "a usjepa training checkpoint or export",
+                       needs="path")
+ENCODER_KINDS.register("mae", "usjepa.eval.encoders:checkpoint_encoder", "a usjepa MAE checkpoint or export",
+                       needs="path")
+ENCODER_KINDS.register("teacher", "usjepa.eval.encoders:teacher_encoder", "any teacher-zoo model", needs="teacher")
+ENCODER_KINDS.register("timm", "usjepa.eval.encoders:timm_encoder", "a timm model", needs="timm_model")
+ENCODER_KINDS.register("random", "usjepa.eval.encoders:random_encoder", "a fresh initialisation of another encoder's "
+                       "architecture", needs="like")
+CORRUPTIONS = Registry("corruption")
+CORRUPTIONS.register("blur", "usjepa.eval.corruptions:gaussian_blur")
+CORRUPTIONS.register("contrast", "usjepa.eval.corruptions:contrast_depletion")
+CORRUPTIONS.register("speckle", "usjepa.eval.corruptions:correlated_speckle")
 POOLINGS = ("mean", "cls", "cls+mean")
 PRESETS = ("grid", "usjepa")
 LABEL_KINDS = ("classification", "regression")
 SOLVERS = ("lbfgs", "adamw")
+DECAYS = ("decoupled", "l2")
+SEVERITIES = (1, 2, 3)
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "hpu", "npu", "mtia", "xla")  # `device`: torch device types (":N" ok)
+_NEEDS_HINT = {
+    "path": "needs a checkpoint (latest.pt, best.pt or encoder.safetensors)",
+    "teacher": "name a teacher-zoo family (e.g. timm, mae)",
+    "timm_model": "give a timm model name, e.g. vit_small_patch16_224",
+    "like": "kind=random copies the architecture of another encoder: give its name in this config or a checkpoint path",
+}
 
 
 @dataclass
-class EncoderSpec:
+class EncoderSpec(Spec):
     """One encoder to probe. `kind` picks how it is built; the mapping key is its name in the table."""
 
     kind: str = "student"  # student | mae | teacher | timm | random
@@ -37,9 +63,17 @@ class EncoderSpec:
     like: str = ""  # kind=random: name of another encoder in this config (or a checkpoint path) to copy the shape of
     seed: int = 0  # kind=random: initialisation seed
 
+    def check(self) -> None:
+        ENCODER_KINDS.check(self.kind, "kind")
+        needs = ENCODER_KINDS.fact(self.kind, "needs")
+        value = self.teacher.family if needs == "teacher" else getattr(self, needs)
+        if not value:
+            fail(f"{key(needs + '.family' if needs == 'teacher' else needs)} is empty; kind={self.kind}: "
+                 f"{_NEEDS_HINT[needs]}")
+
 
 @dataclass
-class SplitNames:
+class SplitNames(Spec):
     """Split names passed to `build_dataset` ("train", "val", "test", "all" = every item, or a union "train+val").
 
     An empty val (or test) is carved out of train, whole patients at a time (see `val_size` / `test_size`).
@@ -49,9 +83,13 @@ class SplitNames:
     val: str = "val"
     test: str = "test"
 
+    def check(self) -> None:
+        if not self.train:
+            fail(f"{key('train')} is empty; name the training split")
+
 
 @dataclass
-class ProbeDatasetSpec:
+class ProbeDatasetSpec(Spec):
     """A labelled dataset and the task read from it."""
 
     data: DataConfig = field(default_factory=lambda: DataConfig(augment=False))
@@ -63,9 +101,22 @@ class ProbeDatasetSpec:
     max_items: int = 0  # cap per split (0 = all); for quick runs
     img_size: list[int] = field(default_factory=list)  # [H, W]; empty = protocol.img_size
 
+    def check(self) -> None:
+        choice(self.label_kind, LABEL_KINDS, "label_kind")
+        for part, size in (("val", self.val_size), ("test", self.test_size)):
+            if not getattr(self.splits, part) and size <= 0:
+                fail(f"{key('splits.' + part)} is empty and {key(part + '_size')} is 0: name a {part} split or set "
+                     f"{part}_size to carve one out of train")
+            if size < 0 or (size >= 1 and size != int(size)):
+                fail(f"{key(part + '_size')}={size:g} must be a share in (0, 1) or a whole number of items")
+        if self.expected_sizes and len(self.expected_sizes) != 3:
+            fail(f"{key('expected_sizes')} must be [train, val, test], got {list(self.expected_sizes)}")
+        at_least(self.max_items, 0, "max_items", " (0: all)")
+        _check_img_size(self.img_size, "img_size", allow_empty=True)
+
 
 @dataclass
-class ProtocolConfig:
+class ProtocolConfig(Spec):
     """How the probes are trained and what is reported. `preset: usjepa` pins the US-JEPA paper's recipe."""
 
     preset: str = "grid"  # grid (wd x pooling x last-k, select on val) | usjepa (one head, the paper's recipe)
@@ -102,9 +153,38 @@ class ProtocolConfig:
     knn_k: list[int] = field(default_factory=lambda: [10, 20])
     bootstrap: int = 1000  # resamples of the test split for the 95% CI (0 disables)
 
+    def check(self) -> None:
+        choice(self.preset, PRESETS, "preset")
+        choice(self.solver, SOLVERS, "solver")
+        choice(self.decay, DECAYS, "decay")
+        each_choice(self.pooling, POOLINGS, "pooling")
+        each_choice(self.corruptions, CORRUPTIONS, "corruptions")
+        _check_img_size(self.img_size, "img_size")
+        if not 0 < self.tol < 1:
+            fail(f"{key('tol')} must be in (0, 1) (a relative distance to the optimum), got {self.tol}")
+        if not self.seeds:
+            fail(f"{key('seeds')} is empty; give at least one seed, e.g. [0]")
+        if any(w < 0 for w in self.wds) or any(lr <= 0 for lr in self.lrs) or not self.lrs:
+            fail(f"{key('wds')} must be >= 0 and {key('lrs')} > 0 (and not empty), got wds={list(self.wds)}, "
+                 f"lrs={list(self.lrs)}")
+        if not self.last_k or any(k < 1 for k in self.last_k):
+            fail(f"{key('last_k')} must be positive integers, got {list(self.last_k)}")
+        if any(not 0 < f <= 1 for f in self.few_shot):
+            fail(f"{key('few_shot')} shares must be in (0, 1], got {list(self.few_shot)}")
+        if any(v not in SEVERITIES for v in self.severities):
+            fail(f"{key('severities')} must be among 1, 2, 3, got {list(self.severities)}")
+        if any(lr <= 0 for lr in self.attentive_lrs) or any(w < 0 for w in self.attentive_wds):
+            fail(f"{key('attentive_lrs')} must be > 0 and {key('attentive_wds')} >= 0, got "
+                 f"{list(self.attentive_lrs)}, {list(self.attentive_wds)}")
+        if any(k < 1 for k in self.knn_k):
+            fail(f"{key('knn_k')} must be positive integers, got {list(self.knn_k)}")
+        for name, lo in (("max_iter", 1), ("epochs", 1), ("batch_size", 0), ("patience", 0), ("attentive_epochs", 1),
+                         ("attentive_depth", 0), ("bootstrap", 0)):
+            at_least(getattr(self, name), lo, name)
+
 
 @dataclass
-class ProbeRunConfig:
+class ProbeRunConfig(Spec):
     encoders: dict[str, EncoderSpec] = field(default_factory=dict)
     datasets: dict[str, ProbeDatasetSpec] = field(default_factory=dict)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
@@ -120,6 +200,29 @@ class ProbeRunConfig:
     strict: bool = False  # a dataset whose folder is missing (or whose splits are degenerate) stops the run
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
+    def check(self) -> None:
+        if not self.encoders:
+            fail("no encoders to probe: add an `encoders:` mapping, e.g. encoders: {salt: {kind: student, "
+                 "path: runs/salt/latest.pt}}")
+        if not self.datasets:
+            fail("no datasets to probe on: add a `datasets:` mapping (see configs/probe/sim.yaml), or keep at least "
+                 "one when dropping some (datasets.NAME=null, ~datasets.NAME, select_datasets=[...])")
+        for name, e in self.encoders.items():
+            if e.kind == "random" and e.like == name:
+                fail(f"encoders.{name}.like names itself")
+        if not re.fullmatch(rf"auto|({'|'.join(DEVICE_TYPES)})(:\d+)?", self.device):
+            fail(f"{key('device')}='{self.device}' must be auto, cpu, cuda or cuda:N (or another torch device type: "
+                 f"{', '.join(DEVICE_TYPES[2:])})")
+        positive(self.batch_size, "batch_size")
+        at_least(self.num_workers, 0, "num_workers")
+
+
+def _check_img_size(size: list[int], name: str, allow_empty: bool = False) -> None:
+    if allow_empty and not size:
+        return
+    if len(size) != 2 or min(size) < 1:
+        fail(f"{key(name)} must be [H, W] of positive sizes, got {list(size)}")
+
 
 # The US-JEPA paper's linear-probe recipe (App. D.2): one head, AdamW 1e-3 / 1e-4, cosine, <=150 epochs,
 # patience 15 on val loss, batch 32, 5 seeds, mean-pooled final-layer patch tokens.
@@ -127,100 +230,9 @@ USJEPA_PRESET = dict(solver="adamw", lrs=[1e-3], wds=[1e-4], decay="decoupled", 
                      epochs=150, batch_size=32, patience=15, standardize=False, seeds=[0, 1, 2, 3, 4])
 
 
-def _close(value: str, choices, key: str) -> str:
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return f"{key}='{value}' is not one of {', '.join(choices)}{hint}"
-
-
-def validate_probe_config(cfg: DictConfig) -> None:
-    """Checks a schema cannot express; raises ConfigError naming the key."""
-    from usjepa.config import ConfigError
-
-    p = cfg.protocol
-    if p.solver not in SOLVERS:
-        raise ConfigError(_close(p.solver, SOLVERS, "protocol.solver"))
-    if not 0 < p.tol < 1:
-        raise ConfigError(f"protocol.tol must be in (0, 1) (a relative distance to the optimum), got {p.tol}")
-    if p.max_iter < 1:
-        raise ConfigError(f"protocol.max_iter must be >= 1, got {p.max_iter}")
-    if any(w < 0 for w in p.wds) or any(lr <= 0 for lr in p.lrs) or not p.lrs:
-        raise ConfigError(f"protocol.wds must be >= 0 and protocol.lrs > 0 (and not empty), got wds={list(p.wds)}, "
-                          f"lrs={list(p.lrs)}")
-    if p.decay not in ("l2", "decoupled"):
-        raise ConfigError(_close(p.decay, ("l2", "decoupled"), "protocol.decay"))
-    if p.preset not in PRESETS:
-        raise ConfigError(_close(p.preset, PRESETS, "protocol.preset"))
-    for pool in p.pooling:
-        if pool not in POOLINGS:
-            raise ConfigError(_close(pool, POOLINGS, "protocol.pooling"))
-    if not p.seeds:
-        raise ConfigError("protocol.seeds is empty; give at least one seed, e.g. [0]")
-    if any(k < 1 for k in p.last_k) or not p.last_k:
-        raise ConfigError(f"protocol.last_k must be positive integers, got {list(p.last_k)}")
-    if any(not 0 < f <= 1 for f in p.few_shot):
-        raise ConfigError(f"protocol.few_shot shares must be in (0, 1], got {list(p.few_shot)}")
-    from usjepa.eval.corruptions import CORRUPTIONS
-
-    for c in p.corruptions:
-        if c not in CORRUPTIONS:
-            raise ConfigError(_close(c, tuple(CORRUPTIONS), "protocol.corruptions"))
-    if any(s not in (1, 2, 3) for s in p.severities):
-        raise ConfigError(f"protocol.severities must be among 1, 2, 3, got {list(p.severities)}")
-    if len(p.img_size) != 2:
-        raise ConfigError(f"protocol.img_size must be [H, W], got {list(p.img_size)}")
-    if not cfg.encoders:
-        raise ConfigError("no encoders to probe: add an `encoders:` mapping, e.g. encoders: {salt: {kind: student, "
-                          "path: runs/salt/latest.pt}}")
-    if not cfg.datasets:
-        raise ConfigError("no datasets to probe on: add a `datasets:` mapping (see configs/probe/sim.yaml), or keep "
-                          "at least one when dropping some (datasets.NAME=null, ~datasets.NAME, select_datasets=[...])")
-    for name, e in cfg.encoders.items():
-        if e.kind not in ENCODER_KINDS:
-            raise ConfigError(_close(e.kind, ENCODER_KINDS, f"encoders.{name}.kind"))
-        if e.kind in ("student", "mae") and not e.path:
-            raise ConfigError(f"encoders.{name}.path is empty; kind={e.kind} needs a checkpoint "
-                              "(latest.pt, best.pt or encoder.safetensors)")
-        if e.kind == "teacher" and not e.teacher.family:
-            raise ConfigError(f"encoders.{name}.teacher.family is empty; name a teacher-zoo family (e.g. timm, mae)")
-        if e.kind == "timm" and not e.timm_model:
-            raise ConfigError(f"encoders.{name}.timm_model is empty; give a timm model name, "
-                              "e.g. vit_small_patch16_224")
-        if e.kind == "random" and not e.like:
-            raise ConfigError(f"encoders.{name}.like is empty; kind=random copies the architecture of another "
-                              "encoder: give its name in this config or a checkpoint path")
-        if e.kind == "random" and e.like == name:
-            raise ConfigError(f"encoders.{name}.like names itself")
-    for name, d in cfg.datasets.items():
-        if d.label_kind not in LABEL_KINDS:
-            raise ConfigError(_close(d.label_kind, LABEL_KINDS, f"datasets.{name}.label_kind"))
-        if not d.splits.train:
-            raise ConfigError(f"datasets.{name}.splits.train is empty; name the training split")
-        for key, choices in (("panes", PANES), ("colour_frames", COLOUR_FRAMES)):
-            if d.data[key] not in choices:
-                raise ConfigError(_close(d.data[key], choices, f"datasets.{name}.data.{key}"))
-        for part, size in (("val", d.val_size), ("test", d.test_size)):
-            if not getattr(d.splits, part) and size <= 0:
-                raise ConfigError(f"datasets.{name}.splits.{part} is empty and datasets.{name}.{part}_size is 0: "
-                                  f"name a {part} split or set {part}_size to carve one out of train")
-            if size < 0 or (size >= 1 and size != int(size)):
-                raise ConfigError(f"datasets.{name}.{part}_size={size:g} must be a share in (0, 1) or a whole number "
-                                  "of items")
-        if d.expected_sizes and len(d.expected_sizes) != 3:
-            raise ConfigError(f"datasets.{name}.expected_sizes must be [train, val, test], "
-                              f"got {list(d.expected_sizes)}")
-
-
-def _known(cfg: DictConfig, key: str) -> bool:
-    """A key the schema has, or a new entry of a name-keyed mapping (encoders.<new>..., datasets.<new>...)."""
-    if OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
-        return True
-    parts = key.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        node = OmegaConf.select(cfg, ".".join(parts[:i]), default=None)
-        if node is not None:  # the nearest existing ancestor decides: only free-form mappings take new keys
-            return isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
-    return False
+def validate_probe_config(cfg: DictConfig) -> ProbeRunConfig:
+    """Every choice and range of a merged probe config (the specs' `check`); returns the typed spec."""
+    return to_spec(cfg)
 
 
 _DROPPABLE = ("datasets", "encoders")  # name-keyed mappings whose entries an override may remove
@@ -232,8 +244,6 @@ def _drop_entry(cfg: DictConfig, ov: str) -> bool:
     parts = key.split(".")
     if len(parts) != 2 or parts[0] not in _DROPPABLE or not (ov.startswith("~") or value.strip() in ("null", "~")):
         return False
-    from usjepa.config import ConfigError
-
     mapping = cfg[parts[0]]
     if parts[1] not in mapping:
         close = difflib.get_close_matches(parts[1], list(mapping), n=1)
@@ -247,24 +257,12 @@ def _drop_entry(cfg: DictConfig, ov: str) -> bool:
 def load_probe_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Load a probe config; overrides may address named entries (`encoders.salt.path=...`), drop them
     (`datasets.aul=null` or `~datasets.aul`), and `select_datasets=[a,b]` keeps only the named datasets."""
-    from usjepa.config import ConfigError, _all_dotted_keys, load_config
+    from usjepa.config import apply_override, load_config
 
     cfg = load_config(path, (), schema=ProbeRunConfig)
     for ov in overrides:
-        if _drop_entry(cfg, ov):
-            continue
-        if "=" not in ov:
-            raise ConfigError(f"override '{ov}' must look like key=value (e.g. protocol.seeds=[0]) or ~datasets.NAME "
-                              "to drop a dataset")
-        key = ov.split("=", 1)[0].lstrip("+")
-        if not _known(cfg, key):
-            close = difflib.get_close_matches(key, _all_dotted_keys(cfg), n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown config key '{key}' in command-line overrides{hint}")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
-        except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
-            raise ConfigError(f"bad override '{ov}': {e.msg}") from None
+        if not _drop_entry(cfg, ov):
+            cfg = apply_override(cfg, ov, "e.g. protocol.seeds=[0], or ~datasets.NAME to drop a dataset")
     if cfg.select_datasets:
         unknown = [n for n in cfg.select_datasets if n not in cfg.datasets]
         if unknown:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from usjepa.eval.config import CORRUPTIONS as CORRUPTION_KINDS
+
 CONTRAST_ALPHA = {1: 0.7, 2: 0.5, 3: 0.3}
 
 
@@ -93,7 +95,8 @@ def correlated_speckle(images: Tensor, region: Tensor | None, severity: int, see
     return out.clamp(0, 1)
 
 
-CORRUPTIONS = {"blur": gaussian_blur, "contrast": contrast_depletion, "speckle": correlated_speckle}
+# name -> function, from the registry in usjepa.eval.config (the one list of corruption names)
+CORRUPTIONS = {name: CORRUPTION_KINDS.get(name) for name in CORRUPTION_KINDS}
 
 
 def apply_corruption(images: Tensor, region: Tensor | None, name: str, severity: int,

@@ -19,6 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from usjepa.eval.config import ENCODER_KINDS
+
 log = logging.getLogger(__name__)
 
 @dataclass
@@ -76,41 +78,54 @@ def _spec_dict(spec) -> dict:
     return OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
 
 
-def _build_module(name: str, spec, specs, stack: tuple[str, ...],
-                  device: str | torch.device = "cpu") -> tuple[nn.Module, bool]:
-    kind = spec.kind
-    if kind in ("student", "mae"):
+def checkpoint_encoder(name: str, spec, specs, stack: tuple[str, ...], device) -> tuple[nn.Module, bool]:
+    """kind=student / mae: the encoder of a usjepa checkpoint or export."""
+    from usjepa.io.checkpoints import load_encoder_checkpoint
+
+    return load_encoder_checkpoint(spec.path, which=spec.which), True
+
+
+def teacher_encoder(name: str, spec, specs, stack: tuple[str, ...], device) -> tuple[nn.Module, bool]:
+    """kind=teacher: a teacher-zoo model; last-k / CLS features only when its output is its final block."""
+    import teachers
+
+    t = spec.teacher
+    return teachers.load_spec(t), (t.layer in (-1, None) and t.mean_last_k == 1)
+
+
+def timm_encoder(name: str, spec, specs, stack: tuple[str, ...], device) -> tuple[nn.Module, bool]:
+    """kind=timm: a foreign model goes through the teacher zoo's loader and wrapper, as teachers do."""
+    from teachers.timm_family import frozen_timm
+
+    opts = dict(_spec_dict(spec.timm_options)) if spec.timm_options else {}
+    # the precision feature extraction autocasts to (bf16 on CUDA, else fp32), so the wrapper never overrides it
+    precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return frozen_timm(spec.timm_model, spec.path or "", opts, precision=precision), True
+
+
+def random_encoder(name: str, spec, specs, stack: tuple[str, ...], device) -> tuple[nn.Module, bool]:
+    """kind=random: a fresh initialisation of another encoder of this config (or of a checkpoint's)."""
+    like = spec.like
+    if like in specs:
+        if like in stack:
+            raise ValueError(f"encoders.{name}.like forms a cycle: {' -> '.join(stack + (like,))}")
+        base, inter = _build_module(like, specs[like], specs, stack + (like,), device)
+    elif Path(like).exists():
         from usjepa.io.checkpoints import load_encoder_checkpoint
 
-        return load_encoder_checkpoint(spec.path, which=spec.which), True
-    if kind == "teacher":
-        import teachers
+        base, inter = load_encoder_checkpoint(like), True
+    else:
+        raise ValueError(f"encoders.{name}.like='{like}' is neither an encoder of this config "
+                         f"({', '.join(specs)}) nor an existing checkpoint file")
+    return _random_like(base, spec.seed), inter
 
-        t = spec.teacher
-        # last-k / CLS features only when the teacher's output is its final block; else its own choice stands
-        return teachers.load_spec(t), (t.layer in (-1, None) and t.mean_last_k == 1)
-    if kind == "timm":  # a foreign model goes through the teacher zoo's loader and wrapper, as teachers do
-        from teachers.timm_family import frozen_timm
 
-        opts = dict(_spec_dict(spec.timm_options)) if spec.timm_options else {}
-        # the precision feature extraction autocasts to (bf16 on CUDA, else fp32), so the wrapper never overrides it
-        precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
-        return frozen_timm(spec.timm_model, spec.path or "", opts, precision=precision), True
-    if kind == "random":
-        like = spec.like
-        if like in specs:
-            if like in stack:
-                raise ValueError(f"encoders.{name}.like forms a cycle: {' -> '.join(stack + (like,))}")
-            base, inter = _build_module(like, specs[like], specs, stack + (like,), device)
-        elif Path(like).exists():
-            from usjepa.io.checkpoints import load_encoder_checkpoint
-
-            base, inter = load_encoder_checkpoint(like), True
-        else:
-            raise ValueError(f"encoders.{name}.like='{like}' is neither an encoder of this config "
-                             f"({', '.join(specs)}) nor an existing checkpoint file")
-        return _random_like(base, spec.seed), inter
-    raise ValueError(f"encoders.{name}.kind='{kind}' is not one of student, mae, teacher, timm, random")
+def _build_module(name: str, spec, specs, stack: tuple[str, ...],
+                  device: str | torch.device = "cpu") -> tuple[nn.Module, bool]:
+    """(module, whether intermediate layers / CLS are its own) for the encoder kind registered in ENCODER_KINDS."""
+    if spec.kind not in ENCODER_KINDS:
+        raise ValueError(f"encoders.{name}.kind='{spec.kind}' is not one of {', '.join(ENCODER_KINDS)}")
+    return ENCODER_KINDS.get(spec.kind)(name, spec, specs, stack, device)
 
 
 def build_probe_encoder(name: str, spec, specs: dict | None = None, device: str | torch.device = "cpu") -> ProbeEncoder:

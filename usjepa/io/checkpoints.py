@@ -19,7 +19,7 @@ import torch
 from usjepa.io.atomic import atomic_write
 from usjepa.io.digest import DIGEST_KEY, digest_problem
 from usjepa.models.checkpoint_io import CheckpointError, strict_load
-from usjepa.models.spec import EncoderSpec
+from usjepa.models.encoder_spec import EncoderSpec
 from usjepa.models.vit import VisionTransformer
 
 ENCODER_FORMAT = "usjepa-encoder"  # the `format` metadata of an exported encoder

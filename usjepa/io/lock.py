@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from usjepa.config import ConfigError
+from usjepa.errors import ConfigError
 from usjepa.io.atomic import new_file_mode
 
 log = logging.getLogger(__name__)

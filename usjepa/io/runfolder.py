@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from usjepa.config import ConfigError
+from usjepa.errors import ConfigError
 from usjepa.io.atomic import (
     atomic_write,
     atomic_write_json,
@@ -190,7 +190,7 @@ class RunFolder:
         """
         from omegaconf import OmegaConf
 
-        from usjepa.config import git_info, package_versions
+        from usjepa.io.provenance import git_info, package_versions
 
         new = OmegaConf.to_container(cfg, resolve=True)
         if "train" in new:

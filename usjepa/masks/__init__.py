@@ -6,42 +6,34 @@ presets, V-JEPA for salt, MAE for random); `per_sample` draws every image's bloc
 
 from __future__ import annotations
 
-from usjepa.masks.collator import MaskBatch, MaskCollator, PerSampleSampler, collate_masks, patch_validity
-from usjepa.masks.multiblock import ComplementMasker, MultiBlockMasker, RandomMasker
-from usjepa.masks.reference import IJepaMultiBlock, MAERandom, VJepaMultiBlock
+from usjepa.lazy import lazy_exports
+from usjepa.masks.spec import CUSTOM, MASK_PRESETS, SAMPLERS
 
-SAMPLERS = ("reference", "per_sample")
-
-# the published recipes (method.md): US-JEPA / I-JEPA multi-block, SALT / V-JEPA long-short complement, MAE random
-MASK_PRESETS: dict[str, dict] = {
-    "usjepa": dict(
-        kind="multiblock",
-        context_scale=(0.85, 1.0),
-        context_aspect=(1.0, 1.0),
-        target_scale=(0.075, 0.125),
-        target_aspect=(0.75, 1.5),
-        num_targets=4,
-        min_keep=10,
-    ),
-    "ijepa": dict(
-        kind="multiblock",
-        context_scale=(0.85, 1.0),
-        context_aspect=(1.0, 1.0),
-        target_scale=(0.15, 0.2),
-        target_aspect=(0.75, 1.5),
-        num_targets=4,
-        min_keep=10,
-    ),
-    "salt": dict(kind="complement", generators=((8, 0.15), (2, 0.7)), aspect=(0.75, 1.5)),
-    "random": dict(kind="random"),
+_EXPORTS = {
+    "MaskBatch": "usjepa.masks.collator",
+    "MaskCollator": "usjepa.masks.collator",
+    "PerSampleSampler": "usjepa.masks.collator",
+    "collate_masks": "usjepa.masks.collator",
+    "patch_validity": "usjepa.masks.collator",
+    "ComplementMasker": "usjepa.masks.multiblock",
+    "MultiBlockMasker": "usjepa.masks.multiblock",
+    "RandomMasker": "usjepa.masks.multiblock",
+    "IJepaMultiBlock": "usjepa.masks.reference",
+    "MAERandom": "usjepa.masks.reference",
+    "VJepaMultiBlock": "usjepa.masks.reference",
 }
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def build_masker(mask_cfg, grid: tuple[int, int]):
     """The batch sampler for the `mask:` config section on a patch grid: `sampler(seeds, valid) -> [MaskBatch]`."""
+    from usjepa.masks.collator import PerSampleSampler
+    from usjepa.masks.multiblock import ComplementMasker, MultiBlockMasker, RandomMasker
+    from usjepa.masks.reference import IJepaMultiBlock, MAERandom, VJepaMultiBlock
+
     region = mask_cfg.region
     tau = int(region.tau) if region.enabled else 1
-    if mask_cfg.preset == "custom":
+    if mask_cfg.preset == CUSTOM:
         p = dict(
             kind="multiblock",
             context_scale=tuple(mask_cfg.context_scale),
@@ -66,19 +58,4 @@ def build_masker(mask_cfg, grid: tuple[int, int]):
     return masker if reference else PerSampleSampler(masker)
 
 
-__all__ = [
-    "MASK_PRESETS",
-    "SAMPLERS",
-    "IJepaMultiBlock",
-    "VJepaMultiBlock",
-    "MAERandom",
-    "PerSampleSampler",
-    "MaskBatch",
-    "MaskCollator",
-    "MultiBlockMasker",
-    "ComplementMasker",
-    "RandomMasker",
-    "build_masker",
-    "collate_masks",
-    "patch_validity",
-]
+__all__ = ["MASK_PRESETS", "SAMPLERS", "build_masker", *_EXPORTS]

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from usjepa.models.layout import TokenLayout, as_layout
-from usjepa.models.spec import ATTN_BACKENDS
+from usjepa.models.spec import ATTENTION_BACKENDS
 
 log = logging.getLogger(__name__)
 
-BACKENDS = tuple(b for b in ATTN_BACKENDS if b != "auto")
+BACKENDS = tuple(n for n in ATTENTION_BACKENDS if n != "auto")  # the kernels; "auto" picks one
 XFORMERS_DEVICES = ("cuda",)  # where the xformers kernel runs; elsewhere its layers fall back to SDPA
 _announced: set[str] = set()
 _xformers_ops = None

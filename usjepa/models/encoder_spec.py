@@ -4,7 +4,8 @@ Every place that needs the architecture goes through it: the `model:` config sec
 built encoder (`from_encoder`, or `VisionTransformer.spec`), the `model_config` metadata of an exported
 `encoder.safetensors` and the `config.model` of a training checkpoint (`to_dict` / `from_dict`), building
 (`build`), and the timm call an export loads into (`timm_kwargs`, `timm_spec`). It is frozen and checks itself,
-so a spec that exists can be built. This module imports nothing heavy (no torch until `build`).
+so a spec that exists can be built. The names it accepts are the registries of `usjepa.models.spec` (where the
+`model:` config section lives too). This module imports nothing heavy (no torch until `build`).
 
 Sizes are stored resolved: `embed_dim`, `depth` and `num_heads` are the real ones, `arch` is the preset they
 came from (the `model:` section's 0 means "the preset's value"). `from_dict` reads every form usjepa has
@@ -20,16 +21,7 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
-VIT_PRESETS: dict[str, dict[str, int]] = {
-    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "vit_small": dict(embed_dim=384, depth=12, num_heads=6),
-    "vit_base": dict(embed_dim=768, depth=12, num_heads=12),
-    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16),
-    "vit_huge": dict(embed_dim=1280, depth=32, num_heads=16),
-}
-POS_EMBEDS = ("sincos", "rope")
-INITS = ("jepa", "mae")  # jepa: trunc-normal(0.02) rescaled per depth (I-JEPA); mae: xavier-uniform (MAE)
-ATTN_BACKENDS = ("auto", "xformers", "sdpa", "math")
+from usjepa.models.spec import ATTENTION_BACKENDS, INITS, POS_EMBEDS, VIT_PRESETS
 
 # keys of the `model:` section a saved file must declare (the rest have defaults every written form agrees on)
 REQUIRED = ("img_size", "patch_size", "in_chans")
@@ -94,7 +86,7 @@ class EncoderSpec:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"encoder embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         object.__setattr__(self, "cls_token", bool(self.cls_token))
-        for name, choices in (("pos_embed", POS_EMBEDS), ("init", INITS), ("attn_backend", ATTN_BACKENDS)):
+        for name, choices in (("pos_embed", POS_EMBEDS), ("init", INITS), ("attn_backend", ATTENTION_BACKENDS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got '{getattr(self, name)}'")
         if not self.mlp_ratio > 0 or not 0 <= self.drop_path < 1:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from usjepa.models.encoder_spec import EncoderSpec, preset_sizes
 from usjepa.models.layers import (
     Block,
     gather_tokens,
@@ -24,9 +25,10 @@ from usjepa.models.layers import (
 )
 from usjepa.models.layout import Segment, TokenLayout
 from usjepa.models.rope import RopeTables
-from usjepa.models.spec import VIT_PRESETS, EncoderSpec, preset_sizes
+from usjepa.models.spec import VIT_PRESETS
 
 __all__ = ["VIT_PRESETS", "EncoderSpec", "VisionTransformer", "build_vit", "to_channels"]
+
 
 class PatchEmbed(nn.Module):
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int):

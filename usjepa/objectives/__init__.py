@@ -1,8 +1,19 @@
-"""Training objectives: SALT (frozen teacher), MAE (pixel teacher, stage 1) and EMA-JEPA (I-JEPA baseline)."""
+"""Training objectives: SALT (frozen teacher), MAE (pixel teacher, stage 1) and EMA-JEPA (I-JEPA baseline).
 
-from usjepa.objectives.base import Objective, masked_token_loss
-from usjepa.objectives.ema_jepa import EMAJEPA
-from usjepa.objectives.mae import MAE
-from usjepa.objectives.salt import SALT
+`usjepa.objectives.spec` registers them (the one list of names); the classes below load on first use.
+"""
 
-__all__ = ["Objective", "SALT", "MAE", "EMAJEPA", "masked_token_loss"]
+from __future__ import annotations
+
+from usjepa.lazy import lazy_exports
+
+_EXPORTS = {
+    "Objective": "usjepa.objectives.base",
+    "masked_token_loss": "usjepa.objectives.base",
+    "SALT": "usjepa.objectives.salt",
+    "MAE": "usjepa.objectives.mae",
+    "EMAJEPA": "usjepa.objectives.ema_jepa",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = list(_EXPORTS)

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from usjepa.masks import MaskBatch
 from usjepa.models.layers import gather_tokens
+from usjepa.objectives.spec import LOSSES, TARGET_NORMS
+
+
+@dataclass
+class Parts:
+    """What `build_objective` hands an objective's `from_config`: the student and builders of shared pieces."""
+
+    student: nn.Module
+    predictor: Callable[[int], nn.Module]  # out_dim -> a predictor from the student's tokens
+    teacher: Callable[[], nn.Module]  # the configured frozen teacher (built only when called)
+    total_steps: int
 
 
 class Objective(nn.Module):
@@ -40,14 +54,9 @@ def masked_token_loss(pred: Tensor, target: Tensor, valid: Tensor | None, kind: 
     """
     pred = pred.float()
     target = target.float()
-    if kind == "l1":
-        elem = (pred - target).abs()
-    elif kind == "smooth_l1":
-        elem = F.smooth_l1_loss(pred, target, reduction="none", beta=beta)
-    elif kind == "l2":
-        elem = (pred - target).pow(2)
-    else:
-        raise ValueError(f"unknown loss '{kind}'; use l1, smooth_l1 or l2")
+    if kind not in _ELEMENTWISE:
+        raise ValueError(f"unknown loss '{kind}'; use one of {', '.join(LOSSES)}")
+    elem = _ELEMENTWISE[kind](pred, target, beta)  # [B, T, K, D]
     per_token = elem.mean(-1)  # [B, T, K]
     if valid is None:
         per_block = per_token.mean(-1)
@@ -57,14 +66,28 @@ def masked_token_loss(pred: Tensor, target: Tensor, valid: Tensor | None, kind: 
     return per_block.mean(-1).mean()
 
 
+def l1_elements(pred: Tensor, target: Tensor, beta: float) -> Tensor:
+    return (pred - target).abs()
+
+
+def smooth_l1_elements(pred: Tensor, target: Tensor, beta: float) -> Tensor:
+    return F.smooth_l1_loss(pred, target, reduction="none", beta=beta)
+
+
+def l2_elements(pred: Tensor, target: Tensor, beta: float) -> Tensor:
+    return (pred - target).pow(2)
+
+
+# name -> elementwise loss, resolved once from the LOSSES registry (a plain dict lookup in the step, compile-friendly)
+_ELEMENTWISE = {name: LOSSES.get(name) for name in LOSSES}
+
+
 def normalise_targets(h: Tensor, kind: str) -> Tensor:
     """Non-affine LayerNorm per token (I-JEPA / V-JEPA targets), or nothing; float32 either way. The one
     definition: the objectives and the teacher's target cache both use it, so cached targets match live ones."""
-    if kind == "layernorm":
-        return F.layer_norm(h.float(), (h.shape[-1],))
-    if kind == "none":
-        return h.float()
-    raise ValueError(f"unknown target_norm '{kind}'; use layernorm or none")
+    if kind not in TARGET_NORMS:
+        raise ValueError(f"unknown target norm '{kind}'; use one of {', '.join(TARGET_NORMS)}")
+    return F.layer_norm(h.float(), (h.shape[-1],)) if kind == "layernorm" else h.float()
 
 
 def gather_targets(full: Tensor, m: MaskBatch) -> Tensor:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from usjepa.objectives.base import (
     Objective,
+    Parts,
     gather_targets,
     masked_token_loss,
     normalise_targets,
@@ -72,3 +73,11 @@ class EMAJEPA(Objective):
         t_params = list(self.target_encoder.parameters())
         torch._foreach_mul_(t_params, m)
         torch._foreach_add_(t_params, s_params, alpha=1.0 - m)
+
+
+def from_config(cfg, parts: Parts) -> EMAJEPA:
+    """EMA-JEPA from a run config: a predictor back onto the student's width, momentum over `total_steps`."""
+    oc = cfg.objective
+    return EMAJEPA(parts.student, parts.predictor(parts.student.embed_dim), total_steps=parts.total_steps,
+                   momentum=(oc.ema.momentum_start, oc.ema.momentum_end), loss=oc.loss, target_norm=oc.target_norm,
+                   smooth_l1_beta=oc.smooth_l1_beta)

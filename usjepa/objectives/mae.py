@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from usjepa.models.mae import MAEDecoder, patchify
 from usjepa.models.vit import to_channels
-from usjepa.objectives.base import Objective, pooled_features
+from usjepa.objectives.base import Objective, Parts, pooled_features
 
 
 class MAE(Objective):
@@ -58,3 +58,13 @@ class MAE(Objective):
         masked.scatter_add_(1, m.targets.reshape(B, -1), tv)  # 1 at masked patches
         masked = masked.clamp_max(1.0)
         return ((per_patch * masked).sum(1) / masked.sum(1).clamp_min(1.0)).mean()
+
+
+def from_config(cfg, parts: Parts) -> MAE:
+    """MAE from a run config: a pixel decoder on the student (no predictor, no teacher)."""
+    m = cfg.objective.mae
+    student = parts.student
+    dec = MAEDecoder(student.embed_dim, student.patch_size, student.in_chans, embed_dim=m.decoder_dim,
+                     depth=m.decoder_depth, num_heads=m.decoder_heads, attn_backend=cfg.model.attn_backend,
+                     pos_embed=cfg.model.pos_embed, init=cfg.model.init)
+    return MAE(student, dec, norm_pix_loss=m.norm_pix_loss)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from usjepa.objectives.base import (
     Objective,
+    Parts,
     gather_targets,
     masked_token_loss,
     normalise_targets,
@@ -69,3 +70,19 @@ class SALT(Objective):
             losses.append(masked_token_loss(pred, gather_targets(full, m), m.targets_valid, self.loss_kind, self.beta))
             feats.append(pooled_features(z.detach(), m.context_valid))
         return torch.stack(losses).mean(), {"features": feats[0]}
+
+
+def from_config(cfg, parts: Parts) -> SALT:
+    """SALT from a run config: the frozen teacher (or its target cache) and a predictor onto its width."""
+    oc = cfg.objective
+    cache = teacher = None
+    if cfg.teacher.cache:
+        from teachers.cache import TargetCache, expected_cache_identity
+
+        cache = TargetCache(cfg.teacher.cache, expected=expected_cache_identity(cfg))
+        out_dim = cache.embed_dim
+    else:
+        teacher = parts.teacher()
+        out_dim = teacher.embed_dim
+    return SALT(parts.student, parts.predictor(out_dim), teacher, loss=oc.loss, target_norm=oc.target_norm,
+                smooth_l1_beta=oc.smooth_l1_beta, cache=cache)

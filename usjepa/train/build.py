@@ -9,8 +9,8 @@ from omegaconf import DictConfig
 
 from usjepa.masks import MaskCollator, build_masker
 from usjepa.models import Predictor, build_encoder
-from usjepa.models.mae import MAEDecoder
-from usjepa.objectives import EMAJEPA, MAE, SALT, Objective
+from usjepa.objectives.base import Objective, Parts
+from usjepa.objectives.spec import OBJECTIVES
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,6 @@ def build_objective(cfg: DictConfig, total_steps: int, masker=None) -> Objective
     student = build_encoder(cfg.model)
     masker = masker or build_masker(cfg.mask, student.grid(cfg.model.img_size))
     n_pairs = masker.num_pairs
-    oc = cfg.objective
     backend = cfg.model.attn_backend
 
     def predictor(out_dim: int) -> Predictor:
@@ -43,50 +42,8 @@ def build_objective(cfg: DictConfig, total_steps: int, masker=None) -> Objective
             zero_init_mask_tokens=p.zero_init_mask_tokens,
         )
 
-    if oc.name == "salt":
-        cache = teacher = None
-        if cfg.teacher.cache:
-            from teachers.cache import TargetCache, expected_cache_identity
-
-            cache = TargetCache(cfg.teacher.cache, expected=expected_cache_identity(cfg))
-            out_dim = cache.embed_dim
-        else:
-            teacher = build_teacher(cfg)
-            out_dim = teacher.embed_dim
-        return SALT(
-            student,
-            predictor(out_dim),
-            teacher,
-            loss=oc.loss,
-            target_norm=oc.target_norm,
-            smooth_l1_beta=oc.smooth_l1_beta,
-            cache=cache,
-        )
-    if oc.name == "ema_jepa":
-        return EMAJEPA(
-            student,
-            predictor(student.embed_dim),
-            total_steps=total_steps,
-            momentum=(oc.ema.momentum_start, oc.ema.momentum_end),
-            loss=oc.loss,
-            target_norm=oc.target_norm,
-            smooth_l1_beta=oc.smooth_l1_beta,
-        )
-    if oc.name == "mae":
-        m = oc.mae
-        dec = MAEDecoder(
-            student.embed_dim,
-            student.patch_size,
-            student.in_chans,
-            embed_dim=m.decoder_dim,
-            depth=m.decoder_depth,
-            num_heads=m.decoder_heads,
-            attn_backend=backend,
-            pos_embed=cfg.model.pos_embed,
-            init=cfg.model.init,
-        )
-        return MAE(student, dec, norm_pix_loss=m.norm_pix_loss)
-    raise ValueError(f"unknown objective '{oc.name}'")
+    parts = Parts(student, predictor, lambda: build_teacher(cfg), total_steps)
+    return OBJECTIVES.get(cfg.objective.name)(cfg, parts)
 
 
 def effective_precision(objective: Objective, cfg: DictConfig, device, amp: bool) -> dict:

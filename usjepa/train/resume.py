@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from usjepa.config import ConfigError
+from usjepa.errors import ConfigError
 from usjepa.io.runfolder import BEST, CONFIG, ENCODER, LATEST, RunFolder
 from usjepa.models.checkpoint_io import CheckpointError, strict_load
 from usjepa.train.checkpoint import load_training_checkpoint, set_rng_state

@@ -1,0 +1,70 @@
+"""Name registries: the one list of the names a config key accepts, and where each implementation lives.
+
+A registry maps a name to a `module:attribute` target that is imported only when the implementation is
+needed, plus a few facts the config checks read (e.g. whether an objective needs a frozen teacher). The
+config layer validates against the names without importing torch; builders `get` the implementation.
+Adding, say, an objective is its file plus one `register` line in the component's registry module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from usjepa.spec import choice
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str  # "package.module:attribute", or "" for a name that selects a code path but has no object
+    summary: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """Names of one kind of component (objectives, losses, data sources, ...), in registration order."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, target: str = "", summary: str = "", **facts: Any) -> None:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} '{name}' is already registered")
+        self._entries[name] = Entry(name, target, summary, dict(facts))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def entry(self, name: str) -> Entry:
+        if name not in self._entries:
+            choice(name, self._entries, self.kind)
+        return self._entries[name]
+
+    def fact(self, name: str, fact: str, default: Any = None) -> Any:
+        return self.entry(name).facts.get(fact, default)
+
+    def check(self, value: str, key_name: str) -> None:
+        """ConfigError naming `key_name` (relative to the spec being built) when `value` is not registered."""
+        choice(value, self._entries, key_name)
+
+    def get(self, name: str) -> Any:
+        """The implementation registered under `name` (imported now)."""
+        target = self.entry(name).target
+        if not target:
+            raise LookupError(f"{self.kind} '{name}' has no implementation object")
+        module, _, attr = target.partition(":")
+        obj = importlib.import_module(module)
+        return getattr(obj, attr) if attr else obj

@@ -11,7 +11,7 @@ from teachers.arch import ArchFacts
 from teachers.backbones import UsjepaBackbone
 from teachers.registry import Built, register
 from teachers.usjepa_family import encoder_stats
-from usjepa.models.vit import build_vit
+from usjepa.models.encoder_spec import EncoderSpec, preset_sizes
 
 
 @register("random", default_norm="model", needs_checkpoint=False,
@@ -22,11 +22,13 @@ def build_random(checkpoint: str | None, *, strict: bool = True, arch: str = "vi
                  norm_mean: Sequence[float] = (0.5,), norm_std: Sequence[float] = (0.25,)) -> Built:
     if checkpoint:
         raise ValueError(f"the random family takes no checkpoint (got '{checkpoint}'); use family usjepa to load one")
+    preset = arch or "vit_tiny"
+    spec = EncoderSpec(arch=preset, **preset_sizes(preset, embed_dim, depth, num_heads), img_size=tuple(img_size),
+                       patch_size=patch_size or 16, in_chans=in_chans, cls_token=cls_token, norm_mean=tuple(norm_mean),
+                       norm_std=tuple(norm_std))
     with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG stream untouched
         torch.manual_seed(int(seed))
-        vit = build_vit(arch=arch or "vit_tiny", embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                        img_size=tuple(img_size), patch_size=patch_size or 16, in_chans=in_chans, cls_token=cls_token,
-                        norm_mean=tuple(norm_mean), norm_std=tuple(norm_std))
+        vit = spec.build()
     desc = f"random vit d{vit.embed_dim} x{vit.depth} h{vit.num_heads} p{vit.patch_size} seed{seed}"
     facts = ArchFacts()
     for name, value, option in (("width", vit.embed_dim, embed_dim), ("depth", vit.depth, depth),

@@ -2,7 +2,7 @@
 
 Reads a usjepa training checkpoint (`latest.pt`, `best.pt`, `step_N.pt`; `which` picks `model` or
 `target_encoder`) or an exported `encoder.safetensors`, strictly, through
-`usjepa.models.load_encoder_checkpoint`. The encoder is built from the architecture the file declares
+`usjepa.io.checkpoints.load_encoder_checkpoint`. The encoder is built from the `EncoderSpec` the file declares
 (its `model_config` metadata or `config.model`), so that declaration is checked against the tensors the
 file really holds (width, depth, patch, channels, CLS token, position grid) and the size of what it would
 build is bounded by them, all before anything is built: a crafted header cannot make us allocate a network
@@ -25,8 +25,9 @@ from teachers.backbones import UsjepaBackbone
 from teachers.files import describe, is_safetensors, read_checkpoint, safetensors_header
 from teachers.loading import KeyReport
 from teachers.registry import Built, register
-from usjepa.models import VIT_PRESETS, load_encoder_checkpoint
+from usjepa.io.checkpoints import load_encoder_checkpoint
 from usjepa.models.checkpoint_io import CheckpointError
+from usjepa.models.encoder_spec import EncoderSpec
 
 SLACK = 1.5  # a declared network may hold at most this many times the values in the file (plus MIN_SLACK)
 MIN_SLACK = 1_000_000
@@ -66,32 +67,17 @@ def declared_config(path: Path, which: str, source: str) -> tuple[dict, dict[str
     return ckpt["config"].get("model"), {k: tuple(v.shape) for k, v in state.items()}, "the checkpoint's config.model"
 
 
-def _int(mc: Mapping, key: str, source: str, default: int = 0) -> int:
-    v = mc.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise CheckpointError(f"{source}: declared model {key}={v!r} is not a non-negative integer")
-    return v
-
-
 def check_declared(mc: Any, shapes: dict[str, tuple[int, ...]], source: str, where: str) -> ArchFacts:
     """Every declared size must agree with the tensors, and the network must not outgrow them; returns the facts."""
     if not isinstance(mc, Mapping):
         raise CheckpointError(f"{source}: {where} is missing or not a mapping; it cannot be rebuilt")
-    arch = mc.get("arch", "vit_tiny")
-    if arch not in VIT_PRESETS:
-        raise CheckpointError(f"{source}: {where} names arch {arch!r}, not one of {', '.join(VIT_PRESETS)}")
-    preset = VIT_PRESETS[arch]
-    d = _int(mc, "embed_dim", source) or preset["embed_dim"]
-    depth = _int(mc, "depth", source) or preset["depth"]
-    heads = _int(mc, "num_heads", source) or preset["num_heads"]
-    p, c = _int(mc, "patch_size", source), _int(mc, "in_chans", source)
-    size = mc.get("img_size")
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
-        raise CheckpointError(f"{source}: {where} has img_size={size!r}, not [H, W]")
-    if not p or size[0] % p or size[1] % p or not c or not heads or d % heads:
-        raise CheckpointError(f"{source}: {where} declares an impossible encoder (patch {p}, channels {c}, width {d}, "
-                              f"heads {heads}, img_size {list(size)})")
-    cls = bool(mc.get("cls_token", True))
+    try:
+        spec = EncoderSpec.from_dict(mc)  # types, ranges and presets checked; nothing is allocated
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {where} declares an impossible encoder ({e}); export or save it "
+                              "again") from None
+    d, depth, heads, p, c = spec.embed_dim, spec.depth, spec.num_heads, spec.patch_size, spec.in_chans
+    size, cls = list(spec.img_size), spec.cls_token
     grid = (size[0] // p, size[1] // p)
     problems = []
     w = shapes.get("patch_embed.proj.weight")
@@ -120,8 +106,8 @@ def check_declared(mc: Any, shapes: dict[str, tuple[int, ...]], source: str, whe
     facts.declare("in_chans", c, where)
     facts.declare("cls_token", cls, where)
     facts.declare("registers", 0, "usjepa encoders have none")
-    kind = mc.get("pos_embed", "sincos")
-    facts.declare("pos_grid", list(grid), f"{where}: img_size {list(size)}; {kind} positions exact at any grid")
+    facts.declare("pos_grid", list(grid), f"{where}: img_size {list(size)}; {spec.pos_embed} positions exact at any "
+                  "grid")
     return facts
 
 

@@ -112,7 +112,7 @@ def _config(args) -> int:
 
 
 def _export(args) -> int:
-    from usjepa.models import export_encoder, load_encoder_checkpoint
+    from usjepa.io.checkpoints import export_encoder, load_encoder_checkpoint
 
     enc = load_encoder_checkpoint(args.checkpoint, which=args.which)
     path = export_encoder(enc, args.out)

@@ -58,12 +58,10 @@ def _random_like(module: nn.Module, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         if isinstance(module, VisionTransformer):
-            mlp_ratio = module.blocks[0].mlp.fc1.out_features / module.embed_dim
-            return VisionTransformer(
-                img_size=module.img_size, patch_size=module.patch_size, in_chans=module.in_chans,
-                embed_dim=module.embed_dim, depth=module.depth, num_heads=module.num_heads, mlp_ratio=mlp_ratio,
-                cls_token=bool(module.num_prefix_tokens), norm_mean=module.input_mean.flatten().tolist(),
-                norm_std=module.input_std.flatten().tolist())
+            # the spec with what this floor has always used: sin-cos positions, jepa init, default kernel, no
+            # stochastic depth (a RoPE encoder's floor is thus its sin-cos twin)
+            spec = module.spec.replace(pos_embed="sincos", init="jepa", attn_backend="auto", drop_path=0.0)
+            return spec.build()
         fresh = copy.deepcopy(module)
         n = 0
         for m in fresh.modules():
@@ -82,7 +80,7 @@ def _spec_dict(spec) -> dict:
 
 def checkpoint_encoder(name: str, spec, specs, stack: tuple[str, ...], device) -> tuple[nn.Module, bool]:
     """kind=student / mae: the encoder of a usjepa checkpoint or export."""
-    from usjepa.models import load_encoder_checkpoint
+    from usjepa.io.checkpoints import load_encoder_checkpoint
 
     return load_encoder_checkpoint(spec.path, which=spec.which), True
 
@@ -113,7 +111,7 @@ def random_encoder(name: str, spec, specs, stack: tuple[str, ...], device) -> tu
             raise ValueError(f"encoders.{name}.like forms a cycle: {' -> '.join(stack + (like,))}")
         base, inter = _build_module(like, specs[like], specs, stack + (like,), device)
     elif Path(like).exists():
-        from usjepa.models import load_encoder_checkpoint
+        from usjepa.io.checkpoints import load_encoder_checkpoint
 
         base, inter = load_encoder_checkpoint(like), True
     else:

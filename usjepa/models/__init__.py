@@ -1,11 +1,13 @@
-"""Models: the ViT encoder, the JEPA predictor, the MAE decoder, and encoder checkpoint I/O.
+"""Models: the ViT encoder and its `EncoderSpec`, the JEPA predictor, the MAE decoder.
 
-The names below load on first use (usjepa.lazy), so the light `usjepa.models.spec` imports no torch.
+The names below load on first use (usjepa.lazy), so the light `usjepa.models.spec` and
+`usjepa.models.encoder_spec` import no torch. Files are not read or written here beyond state dicts:
+`export_encoder` and `load_encoder_checkpoint` live in `usjepa.io.checkpoints` and stay importable from here.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from usjepa.lazy import lazy_exports
 from usjepa.models.spec import VIT_PRESETS
@@ -14,37 +16,23 @@ if TYPE_CHECKING:
     from usjepa.models.vit import VisionTransformer
 
 _EXPORTS = {
+    "EncoderSpec": "usjepa.models.encoder_spec",
     "VisionTransformer": "usjepa.models.vit",
     "build_vit": "usjepa.models.vit",
     "Predictor": "usjepa.models.predictor",
     "apply_activation_checkpointing": "usjepa.models.checkpointing",
     "checkpointed_blocks": "usjepa.models.checkpointing",
-    "export_encoder": "usjepa.models.checkpoint_io",
-    "load_encoder_checkpoint": "usjepa.models.checkpoint_io",
+    "export_encoder": "usjepa.io.checkpoints",
+    "load_encoder_checkpoint": "usjepa.io.checkpoints",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
-def build_encoder(model_cfg) -> VisionTransformer:
-    """A `VisionTransformer` from the `model:` config section."""
-    from usjepa.models.vit import build_vit
+def build_encoder(model_cfg: Any) -> VisionTransformer:
+    """A `VisionTransformer` from the `model:` config section (its `EncoderSpec`, built)."""
+    from usjepa.models.encoder_spec import EncoderSpec
 
-    return build_vit(
-        arch=model_cfg.arch,
-        embed_dim=model_cfg.embed_dim,
-        depth=model_cfg.depth,
-        num_heads=model_cfg.num_heads,
-        img_size=tuple(model_cfg.img_size),
-        patch_size=model_cfg.patch_size,
-        in_chans=model_cfg.in_chans,
-        cls_token=model_cfg.cls_token,
-        drop_path=model_cfg.drop_path,
-        attn_backend=model_cfg.attn_backend,
-        norm_mean=tuple(model_cfg.norm_mean),
-        norm_std=tuple(model_cfg.norm_std),
-        pos_embed=getattr(model_cfg, "pos_embed", "sincos"),
-        init=getattr(model_cfg, "init", "jepa"),
-    )
+    return EncoderSpec.from_model_config(model_cfg).build()
 
 
 __all__ = ["VIT_PRESETS", "build_encoder", *_EXPORTS]

@@ -2,7 +2,8 @@
 
 Parameter names follow timm: a sin-cos encoder's state dict loads into `timm.create_model('vit_tiny_patch16_224',
 img_size=..., in_chans=..., num_classes=0)` with strict=True, a RoPE encoder's into timm's `Eva` with
-attn_type='rope' (`timm_spec()` gives the call). The encoder owns its input handling: images in [0, 1] with 1 or
+attn_type='rope' (`timm_spec()` gives the call). Its architecture is an `EncoderSpec` (`.spec`), checked before
+anything is built. The encoder owns its input handling: images in [0, 1] with 1 or
 3 channels are converted to `in_chans` and normalised with `norm_mean` / `norm_std`.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from usjepa.models.encoder_spec import EncoderSpec, preset_sizes
 from usjepa.models.layers import (
     Block,
     gather_tokens,
@@ -23,7 +25,9 @@ from usjepa.models.layers import (
 )
 from usjepa.models.layout import Segment, TokenLayout
 from usjepa.models.rope import RopeTables
-from usjepa.models.spec import INITS, POS_EMBEDS, VIT_PRESETS
+from usjepa.models.spec import VIT_PRESETS
+
+__all__ = ["VIT_PRESETS", "EncoderSpec", "VisionTransformer", "build_vit", "to_channels"]
 
 
 class PatchEmbed(nn.Module):
@@ -66,49 +70,51 @@ class VisionTransformer(nn.Module):
         norm_std: Sequence[float] = (0.25,),
         pos_embed: str = "sincos",
         init: str = "jepa",
+        arch: str = "vit_tiny",  # the preset name the spec records; the sizes above are the ones built
     ):
         super().__init__()
-        if pos_embed not in POS_EMBEDS:
-            raise ValueError(f"pos_embed must be one of {', '.join(POS_EMBEDS)}, got '{pos_embed}'")
-        self.pos_embed_type = pos_embed
-        self.img_size = (int(img_size[0]), int(img_size[1]))
-        self.patch_size = patch_size
-        self.in_chans = in_chans
-        self.embed_dim = embed_dim
-        self.depth = depth
-        self.num_heads = num_heads
-        self.num_prefix_tokens = 1 if cls_token else 0
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
+        spec = EncoderSpec(arch=arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads, img_size=img_size,
+                           patch_size=patch_size, in_chans=in_chans, cls_token=cls_token, pos_embed=pos_embed,
+                           mlp_ratio=mlp_ratio, drop_path=drop_path, attn_backend=attn_backend, norm_mean=norm_mean,
+                           norm_std=norm_std, init=init)
+        self.spec = spec
+        self.pos_embed_type = spec.pos_embed
+        self.img_size = spec.img_size
+        self.patch_size = spec.patch_size
+        self.in_chans = spec.in_chans
+        self.embed_dim = embed_dim = spec.embed_dim
+        self.depth = spec.depth
+        self.num_heads = spec.num_heads
+        self.num_prefix_tokens = 1 if spec.cls_token else 0
+        self.patch_embed = PatchEmbed(spec.patch_size, spec.in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if spec.cls_token else None
         grid = self.grid(self.img_size)
-        if pos_embed == "sincos":
+        if spec.pos_embed == "sincos":
             pos = sincos_2d(embed_dim, grid)
-            if cls_token:
+            if spec.cls_token:
                 pos = torch.cat([torch.zeros(1, embed_dim), pos], dim=0)  # MAE-style zero slot for the CLS token
             self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=True)  # fixed; kept in the state dict
             self.rope = None
         else:  # RoPE: no additive table (none in the state dict either, as in timm's Eva)
             self.register_buffer("pos_embed", None)
-            self.rope = RopeTables(embed_dim // num_heads)
-        rates = torch.linspace(0, drop_path, depth).tolist()
+            self.rope = RopeTables(embed_dim // spec.num_heads)
+        rates = torch.linspace(0, spec.drop_path, spec.depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, drop_path=r, backend=attn_backend) for r in rates
+            Block(embed_dim, spec.num_heads, spec.mlp_ratio, drop_path=r, backend=spec.attn_backend) for r in rates
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        mean = torch.tensor(list(norm_mean), dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(list(norm_std), dtype=torch.float32).view(1, -1, 1, 1)
+        mean = torch.tensor(list(spec.norm_mean), dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(list(spec.norm_std), dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("input_mean", mean, persistent=False)
         self.register_buffer("input_std", std, persistent=False)
         self._pos_cache: dict[tuple[int, int], Tensor] = {}
-        if init not in INITS:
-            raise ValueError(f"init must be 'jepa' or 'mae', got '{init}'")
         # jepa: trunc-normal(0.02) linears rescaled per depth (I-JEPA / V-JEPA); mae: xavier-uniform (MAE)
-        self.apply(xavier_init if init == "mae" else init_weights)
+        self.apply(xavier_init if spec.init == "mae" else init_weights)
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=0.02 if init == "mae" else 1e-6)
-        if init == "jepa":
+            nn.init.normal_(self.cls_token, std=0.02 if spec.init == "mae" else 1e-6)
+        if spec.init == "jepa":
             rescale_residual_branches(self.blocks)
 
     # ------------------------------------------------------------------ geometry
@@ -210,46 +216,16 @@ class VisionTransformer(nn.Module):
 
     # ------------------------------------------------------------------ export
     def timm_spec(self) -> tuple[str, dict]:
-        """(timm model name, keyword arguments) of the timm model this encoder's state dict loads into exactly.
-
-        Sin-cos: timm's `VisionTransformer`. RoPE: timm's `Eva` with `AttentionRope` (fused qkv with bias, as
-        here), no absolute positions, axial RoPE with integer positions, 'ij' order and theta 10000. The model
-        name only picks the class (timm's create_model drops None arguments, so the name must be one without
-        layer scale); every architecture argument is passed explicitly.
-        """
-        if self.rope is None:
-            return "vit_base_patch16_224", self.timm_kwargs()
-        kw = dict(self.timm_kwargs(), attn_type="rope", use_abs_pos_emb=False, use_rot_pos_emb=True,
-                  rope_type="cat", rope_grid_indexing="ij", rope_temperature=10000.0, rope_grid_offset=0.0,
-                  use_fc_norm=False, qkv_bias=True,
-                  mlp_ratio=self.blocks[0].mlp.fc1.out_features / self.embed_dim,
-                  class_token=bool(self.num_prefix_tokens), global_pool="token" if self.num_prefix_tokens else "avg")
-        kw.pop("fc_norm", None)
-        return "eva_giant_patch14_224", kw
+        """(timm model name, keyword arguments) this state dict loads into exactly: `EncoderSpec.timm_spec`."""
+        return self.spec.timm_spec()
 
     def timm_kwargs(self) -> dict:
         """Arguments for `timm.create_model('vit_*', **kwargs)` that rebuild this architecture."""
-        kw = dict(
-            img_size=self.img_size,
-            patch_size=self.patch_size,
-            in_chans=self.in_chans,
-            embed_dim=self.embed_dim,
-            depth=self.depth,
-            num_heads=self.num_heads,
-            num_classes=0,
-        )
-        if not self.num_prefix_tokens:
-            kw.update(class_token=False, global_pool="avg", fc_norm=False)
-        return kw
+        return self.spec.timm_kwargs()
 
 
 def build_vit(
     arch: str = "vit_tiny", embed_dim: int = 0, depth: int = 0, num_heads: int = 0, **kwargs
 ) -> VisionTransformer:
-    if arch not in VIT_PRESETS:
-        raise ValueError(f"unknown architecture '{arch}'; choose one of {', '.join(VIT_PRESETS)}")
-    p = dict(VIT_PRESETS[arch])
-    for k, v in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
-        if v:
-            p[k] = v
-    return VisionTransformer(**p, **kwargs)
+    """A `VisionTransformer` of preset `arch`, with width / depth / heads replaced where given (> 0)."""
+    return VisionTransformer(arch=arch, **preset_sizes(arch, embed_dim, depth, num_heads), **kwargs)

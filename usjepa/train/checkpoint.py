@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from usjepa.io.atomic import atomic_write
+from usjepa.io.checkpoints import safe_load
 from usjepa.io.digest import DIGEST_KEY, digest_problem, with_digest
 from usjepa.io.runfolder import RunFolder
-from usjepa.models.checkpoint_io import CheckpointError, safe_load
+from usjepa.models.checkpoint_io import CheckpointError
 
 log = logging.getLogger(__name__)
 

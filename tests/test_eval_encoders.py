@@ -47,6 +47,18 @@ def test_random_init_copies_the_architecture_with_fresh_seeded_weights(tmp_path)
     assert r.module(x).shape == s.module(x).shape == (2, 16, 64)
 
 
+def test_the_random_floor_of_a_rope_student_keeps_rope_and_its_init_scheme(tmp_path):
+    torch.manual_seed(0)
+    vit = build_vit("vit_tiny", embed_dim=64, depth=2, num_heads=2, img_size=(32, 32), patch_size=8, in_chans=1,
+                    cls_token=False, pos_embed="rope", init="mae")
+    path = export_encoder(vit, tmp_path / "rope.safetensors", dict(TINY, cls_token=False, pos_embed="rope"))
+    specs = {"student": _spec(path=str(path)), "floor": _spec(kind="random", like="student", seed=0)}
+    student = build_probe_encoder("student", specs["student"], specs).module
+    floor = build_probe_encoder("floor", specs["floor"], specs).module
+    assert floor.spec.pos_embed == "rope" and floor.spec.init == student.spec.init  # not a sin-cos twin
+    assert {k for k in floor.state_dict()} == {k for k in vit.state_dict()}
+
+
 def test_random_like_a_missing_name_or_a_cycle_is_explained(tmp_path):
     with pytest.raises(ValueError, match="neither an encoder of this config"):
         build_probe_encoder("r", _spec(kind="random", like="nope"), {"r": _spec(kind="random", like="nope")})

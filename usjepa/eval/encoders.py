@@ -58,9 +58,8 @@ def _random_like(module: nn.Module, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         if isinstance(module, VisionTransformer):
-            # the spec with what this floor has always used: sin-cos positions, jepa init, default kernel, no
-            # stochastic depth (a RoPE encoder's floor is thus its sin-cos twin)
-            spec = module.spec.replace(pos_embed="sincos", init="jepa", attn_backend="auto", drop_path=0.0)
+            # the encoder's own spec (positions, init scheme) with the default kernel and no stochastic depth
+            spec = module.spec.replace(attn_backend="auto", drop_path=0.0)
             return spec.build()
         fresh = copy.deepcopy(module)
         n = 0

@@ -135,7 +135,7 @@ class ProtocolConfig(Spec):
     batch_size: int = 32  # adamw; 0 = full batch
     patience: int = 15  # adamw: early stopping on val loss (epochs), keeping the best weights; 0 = train to the end
     standardize: bool = True  # z-score pooled features with train statistics (linear, kNN)
-    whiten: bool = True  # lbfgs: also fit heads on Ledoit-Wolf whitened features (each set), chosen on val
+    whiten: bool = False  # lbfgs: also fit heads on Ledoit-Wolf whitened features (each set), chosen on val
     class_balanced: bool = False  # inverse-frequency class weights in the loss
     select_metric: str = "macro_f1"  # val metric that picks the head (regression: r2)
     # extra settings

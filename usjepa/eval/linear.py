@@ -132,7 +132,7 @@ def linear_probe(train, val, test=None, *, task: str = "classification", num_cla
                  solver: str = "lbfgs", wds=None, tol: float = LBFGS_TOL, max_iter: int = LBFGS_MAX_ITER,
                  lrs=USJEPA_RECIPE["lrs"], epochs: int = USJEPA_RECIPE["epochs"],
                  batch_size: int = USJEPA_RECIPE["batch_size"], patience: int = USJEPA_RECIPE["patience"],
-                 decay: str = USJEPA_RECIPE["decay"], standardize: bool = True, whiten: bool = True,
+                 decay: str = USJEPA_RECIPE["decay"], standardize: bool = True, whiten: bool = False,
                  class_balanced: bool = False,
                  seed: int = 0, select_metric: str | None = None, device: str | torch.device = "cpu") -> dict:
     """Fit a grid of linear heads on fixed features, select on val, report test metrics of the selected head.
@@ -144,8 +144,10 @@ def linear_probe(train, val, test=None, *, task: str = "classification", num_cla
     certified relative distance to the optimum, `max_iter` the L-BFGS budget per head.
     solver="adamw": the US-JEPA recipe (defaults: lr 1e-3, wd 1e-4 decoupled, batch 32, cosine, 150 epochs,
     patience 15 on val loss); `lrs`, `epochs`, `batch_size`, `patience` and `decay` apply to it only.
-    whiten (lbfgs with standardize, D <= 4096): the grid also holds heads on each feature set whitened with its
-    Ledoit-Wolf shrunk train covariance (feature set "<name>+whitened"), selected on val like every other head.
+    whiten (opt-in; lbfgs with standardize, D <= 4096): the grid also holds heads on each feature set whitened with
+    its Ledoit-Wolf shrunk train covariance (feature set "<name>+whitened"), selected on val like every other head.
+    Off by default: the standard probe (and the papers') is L2 logistic regression on standardised features, and
+    whitened (LDA-like) heads lift weak encoders most, e.g. a random-init ViT, which narrows encoder comparisons.
     Returns the test metrics at the top level (macro_f1, balanced_acc, accuracy, macro_auroc,
     per_class_recall, confusion; or pearson_r, mae, r2), plus `selected` (feature set, wd, ...), `val` (the
     selected head's validation metrics), `grid` (every head: validation score, iterations, gradient norm and, for

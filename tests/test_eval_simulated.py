@@ -50,7 +50,7 @@ def test_probe_matches_tuned_sklearn_on_simulated_lesion_features(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """The default demo, run once (about 9 minutes on 2 CPU cores): `usjepa demo`'s own code path."""
+    """The default demo, run once (about 5 minutes on 2 CPU cores): `usjepa demo`'s own code path."""
     from usjepa.demo import run_demo
 
     out = run_demo(tmp_path_factory.mktemp("demo") / "demo", size=os.environ.get("USJEPA_DEMO_SIZE", "tiny"))

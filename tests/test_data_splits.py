@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -161,13 +162,13 @@ def test_a_split_column_without_patient_ids_is_refused_unless_groups_none(tmp_pa
     cfg = DataConfig(source="manifest", manifest=str(tmp_path / "m.csv"), task="label")
     with pytest.raises(DataError, match=r"m.csv.*no patient or group id.*data.groups=none"):
         build_dataset(cfg, "train", (16, 16), False)
-    assert len(build_dataset(DataConfig(**{**cfg.__dict__, "groups": "none"}), "train", (16, 16), False)) == 4
+    assert len(build_dataset(dataclasses.replace(cfg, groups="none"), "train", (16, 16), False)) == 4
     videos = [{**r, "video_id": f"v{(i + 1) // 2}"} for i, r in enumerate(rows)]
     pd.DataFrame(videos).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(SplitLeakageError, match=r"video_id:v1: \['train', 'val'\]"):  # a video column is the group
         build_dataset(cfg, "train", (16, 16), False)
     with pytest.raises(DataError, match="data.groups=site names no column"):
-        build_dataset(DataConfig(**{**cfg.__dict__, "groups": "site"}), "train", (16, 16), False)
+        build_dataset(dataclasses.replace(cfg, groups="site"), "train", (16, 16), False)
 
 
 def test_training_holdout_keeps_groups_whole():

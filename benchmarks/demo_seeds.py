@@ -1,6 +1,6 @@
 """Seed study of the demo: `usjepa demo` with 3 pretraining seeds on the same data and probes (run once).
 
-    python benchmarks/demo_seeds.py [--seeds 0 1 2] [--work DIR]     # about 9 minutes per seed on 2 CPU cores
+    python benchmarks/demo_seeds.py [--seeds 0 1 2] [--work DIR]     # about 5 minutes per seed on 2 CPU cores
 
 Each seed runs the real CLI (`python -m usjepa.cli demo --train-seed K`, pinned CPU arithmetic), so seed 0 is
 exactly the table a newcomer's `make demo` prints. `--train-seed` changes both pretraining stages and the

@@ -100,9 +100,9 @@ class TrainJob(Checkpointable):
         return Path(train["out_dir"] if train else self.config["out_dir"])
 
     def typed_config(self) -> Any:
-        from usjepa.config import from_dict
+        from usjepa.config import spec_of
 
-        return from_dict(self.config, schema=_import(self.schema))
+        return spec_of(self.config, _import(self.schema))
 
     def __call__(self) -> Any:
         env = job_environment()

@@ -29,6 +29,7 @@ from teachers.loading import sha256_file
 from teachers.registry import get_family, load_spec, spec_options
 from usjepa.io.atomic import atomic_write, atomic_write_json
 from usjepa.models.checkpoint_io import CheckpointError
+from usjepa.spec import plain
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,7 @@ def teacher_identity(teacher_cfg: Any) -> dict:
 
 def dataset_identity(dataset: Any, data_cfg: Any) -> dict:
     """Number of items, a hash of their paths (when the dataset lists them) and the settings that shape a view."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(vars(data_cfg))
+    cfg = plain(data_cfg)
     paths = getattr(dataset, "paths", None)
     digest = hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest() if paths is not None else None
     view = {k: v for k, v in sorted(cfg.items()) if k not in NOT_VIEW_FIELDS}
@@ -288,10 +287,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from usjepa.config import ConfigError, load_config
+    from usjepa.config import ConfigError, load_spec
 
     try:
-        cfg = load_config(args.config, list(args.overrides))
+        cfg = load_spec(args.config, list(args.overrides))
         out = args.out or cfg.teacher.cache or str(Path(cfg.train.out_dir) / "teacher_cache")
         path = build_cache(cfg.teacher, cfg.data, tuple(cfg.model.img_size), out, cfg.objective.target_norm,
                            batch_size=args.batch_size or int(cfg.data.batch_size), device=args.device or None,

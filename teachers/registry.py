@@ -24,6 +24,7 @@ from teachers.frozen import FrozenTeacher
 from teachers.loading import KeyReport
 from usjepa.errors import ConfigError
 from usjepa.models.checkpoint_io import CheckpointError
+from usjepa.spec import plain
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +191,8 @@ def load(family: str, checkpoint: str | None = None, **options: Any) -> FrozenTe
 
 def spec_options(cfg: Any) -> tuple[str, str | None, dict]:
     """(family, checkpoint, options) from a `teacher:` config section (TeacherConfig or a DictConfig of it)."""
-    from omegaconf import OmegaConf
-
     get = (lambda k: getattr(cfg, k))
-    extra = get("options")
-    extra = OmegaConf.to_container(extra, resolve=True) if OmegaConf.is_config(extra) else dict(extra or {})
+    extra = dict(plain(get("options")) or {})
     opts: dict[str, Any] = {"norm": get("norm"), "layer": int(get("layer")), "mean_last_k": int(get("mean_last_k")),
                             "final_norm": bool(get("final_norm")), "precision": str(get("precision"))}
     if get("arch"):

@@ -82,11 +82,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _pretrain(args) -> int:
-    from usjepa.config import load_config
+    from usjepa.config import load_spec
     from usjepa.train import run_training
 
-    cfg = load_config(args.config, args.overrides)
-    res = run_training(cfg)
+    res = run_training(load_spec(args.config, args.overrides))
     print(f"{res.status} at step {res.step}: {res.run_dir}")
     return 0
 

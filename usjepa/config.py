@@ -29,7 +29,7 @@ from usjepa.io.provenance import git_info, package_versions
 from usjepa.masks.spec import MaskConfig, RegionMaskConfig
 from usjepa.models.spec import ModelConfig, PredictorConfig
 from usjepa.objectives.spec import OBJECTIVES, EMAConfig, MAEConfig, ObjectiveConfig
-from usjepa.spec import Spec, at_least, choice, fail, positive, to_spec, within
+from usjepa.spec import Spec, at_least, choice, fail, plain, positive, to_spec, within
 from usjepa.spec import key as spec_key
 
 PRECISIONS = ("auto", "bf16", "fp32")  # train.precision
@@ -38,8 +38,8 @@ SHARDINGS = ("none", "fsdp")  # train.sharding
 
 __all__ = ["ConfigError", "DataConfig", "EMAConfig", "LaunchConfig", "MAEConfig", "MaskConfig", "ModelConfig",
            "ObjectiveConfig", "OptimConfig", "PredictorConfig", "PretrainConfig", "RegionMaskConfig", "TeacherConfig",
-           "TrainConfig", "from_dict", "git_info", "load_config", "package_versions", "save_run_config", "to_dict",
-           "to_spec", "validate"]
+           "TrainConfig", "from_dict", "git_info", "load_config", "load_spec", "package_versions", "pretrain_spec",
+           "save_run_config", "spec_of", "to_dict", "to_spec", "validate"]
 
 
 # ----------------------------------------------------------------------------- sections owned by training
@@ -312,7 +312,7 @@ def validate(cfg: DictConfig) -> PretrainConfig:
         from usjepa.data.shards import check_prepared
 
         try:
-            check_prepared(cfg.data, cfg.model.img_size)
+            check_prepared(spec.data, spec.model.img_size)
         except DataError as e:
             raise ConfigError(str(e)) from None
     return spec
@@ -331,8 +331,33 @@ def save_run_config(cfg: DictConfig, run_dir: str | Path) -> None:
     RunFolder(run_dir).write_config(cfg)
 
 
-def to_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
+def to_dict(cfg: Any) -> dict:
+    """A config (spec or DictConfig) as plain dicts and lists."""
+    return plain(cfg)
+
+
+def spec_of(cfg: Any, schema: type = PretrainConfig) -> Any:
+    """The typed, checked spec of a config: what every code path below the entry points reads.
+
+    Takes a built spec (returned as is), a merged DictConfig (checked as its loader does) or a plain dict (a
+    checkpoint's or a submitted job's config: unknown keys are an error, then checked)."""
+    if isinstance(cfg, schema):
+        return cfg
+    if isinstance(cfg, dict):
+        cfg = from_dict(cfg, schema)
+    if not isinstance(cfg, DictConfig):
+        raise TypeError(f"expected a {schema.__name__}, a DictConfig or a dict, got {type(cfg).__name__}")
+    return validate(cfg.copy()) if schema is PretrainConfig else to_spec(cfg)
+
+
+def pretrain_spec(cfg: Any) -> PretrainConfig:
+    """`spec_of` a training config."""
+    return spec_of(cfg, PretrainConfig)
+
+
+def load_spec(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
+    """`load_config` ending in the typed spec (the entry points' call)."""
+    return pretrain_spec(load_config(path, overrides))
 
 
 def from_dict(d: dict, schema: type = PretrainConfig) -> DictConfig:

@@ -13,7 +13,7 @@ import contextlib
 import contextvars
 import dataclasses
 import difflib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from usjepa.errors import ConfigError
@@ -121,3 +121,19 @@ def to_spec(node: Any, prefix: str = "") -> Any:
               for f in dataclasses.fields(schema) if f.init}
     with section(prefix):
         return schema(**values)
+
+
+def plain(value: Any) -> Any:
+    """A spec (or an OmegaConf node, a mapping, a list) as plain dicts and lists: what config.yaml, checkpoints,
+    hashes and submitit jobs store. Fields appear in declaration order, as OmegaConf writes a structured config."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if type(value).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value

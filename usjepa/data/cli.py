@@ -39,12 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from usjepa.config import ConfigError, load_config
+    from usjepa.config import ConfigError, load_spec
     from usjepa.data.errors import DataError
     from usjepa.data.prepare import prepare
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_spec(args.config, args.overrides)
         with tqdm(desc="shards", unit="shard", disable=None) as bar:
             res = prepare(cfg, args.out, workers=args.workers, shard_rows=args.shard_rows,
                           on_shard=lambda s: bar.update(1))

@@ -32,6 +32,7 @@ from usjepa.data.pool import starmap_bounded
 from usjepa.data.sources import decode
 from usjepa.data.transforms import crop_resize
 from usjepa.io.atomic import atomic_write_bytes
+from usjepa.spec import plain
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +313,6 @@ def _prepare_into(out: Path, cfg, settings: dict, table: pd.DataFrame, recs: lis
                   prints: list[str], plan: str, workers: int, shard_rows: int,
                   on_shard: Callable[[dict], None] | None) -> PrepareResult:
     """prepare(), in a folder this run holds the lock of."""
-    from omegaconf import OmegaConf
-
     from usjepa.data.build import _usable_cpus
     from usjepa.io.provenance import git_info, package_versions
 
@@ -329,7 +328,7 @@ def _prepare_into(out: Path, cfg, settings: dict, table: pd.DataFrame, recs: lis
             p.unlink(missing_ok=True)
     meta = {"format": fmt.FORMAT, "version": fmt.VERSION, "settings": settings, "plan": plan,
             "shard_rows": shard_rows, "source": data.manifest or data.root or data.source,
-            "data": OmegaConf.to_container(data, resolve=True), "model_img_size": list(cfg.model.img_size),
+            "data": plain(data), "model_img_size": list(cfg.model.img_size),
             "git": {"commit": (g := git_info())["commit"], "dirty": bool(g["dirty_diff"])},
             "versions": package_versions(), "shards": len(chunks), "items": None}
     atomic_write_bytes(out / fmt.META, json.dumps(meta, indent=1).encode())

@@ -68,13 +68,13 @@ class _PathSchema:
 
 def _dataset(target: str, overrides: list[str], n: int):
     """The configured dataset cut to <= n source rows spread over the table (its frames expand into panes)."""
-    from usjepa.config import ConfigError, load_config
+    from usjepa.config import ConfigError, load_config, load_spec, spec_of
     from usjepa.data.build import assign_splits, load_table
     from usjepa.data.dataset import UltrasoundDataset
     from usjepa.data.panes import check_choices
 
     if target.lower().endswith(CONFIG_EXT):
-        cfg = load_config(target, overrides)
+        cfg = load_spec(target, overrides)
     else:
         cfg = load_config(None, overrides, schema=_PathSchema)
         try:
@@ -83,6 +83,7 @@ def _dataset(target: str, overrides: list[str], n: int):
             raise ConfigError(str(e)) from None
         cfg.data.source = "folder"
         cfg.data.root = target
+        cfg = spec_of(cfg, _PathSchema)
     data = cfg.data
     table = assign_splits(load_table(data), data, f"data ({target})")
     if len(table) > n:

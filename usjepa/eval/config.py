@@ -12,6 +12,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -228,6 +229,13 @@ def _check_img_size(size: list[int], name: str, allow_empty: bool = False) -> No
 # patience 15 on val loss, batch 32, 5 seeds, mean-pooled final-layer patch tokens.
 USJEPA_PRESET = dict(solver="adamw", lrs=[1e-3], wds=[1e-4], decay="decoupled", pooling=["mean"], last_k=[1],
                      epochs=150, batch_size=32, patience=15, standardize=False, seeds=[0, 1, 2, 3, 4])
+
+
+def probe_spec(cfg: Any) -> ProbeRunConfig:
+    """The typed probe spec of a built spec, a merged DictConfig or a plain dict (see usjepa.config.spec_of)."""
+    from usjepa.config import spec_of
+
+    return spec_of(cfg, ProbeRunConfig)
 
 
 def validate_probe_config(cfg: DictConfig) -> ProbeRunConfig:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from usjepa.eval.config import ENCODER_KINDS
+from usjepa.spec import plain
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _random_like(module: nn.Module, seed: int) -> nn.Module:
 
 
 def _spec_dict(spec) -> dict:
-    return OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    return dict(plain(spec))
 
 
 def checkpoint_encoder(name: str, spec, specs, stack: tuple[str, ...], device) -> tuple[nn.Module, bool]:

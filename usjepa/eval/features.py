@@ -25,6 +25,7 @@ from usjepa.data.dataset import collate_skip_bad
 from usjepa.eval.corruptions import apply_corruption
 from usjepa.eval.encoders import ProbeEncoder
 from usjepa.io.atomic import atomic_write
+from usjepa.spec import plain
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = "1"
@@ -78,9 +79,7 @@ class FeatureSet:
 def dataset_identity(data_cfg, split: str | None, img_size: Sequence[int], dataset: Dataset,
                      indices: np.ndarray) -> str:
     """Hash of the data config, split, image size, chosen items and (when exposed) labels and paths."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg or {})
+    cfg = dict(plain(data_cfg) or {})
     for k in ("num_workers", "batch_size", "sim_workers"):  # they do not change what items look like
         cfg.pop(k, None)
     h = hashlib.sha256(json.dumps({"cfg": cfg, "split": split, "img": list(img_size), "n": len(dataset)},

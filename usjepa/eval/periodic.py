@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from usjepa.eval.linear import linear_probe
+from usjepa.spec import plain
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +89,13 @@ def _probe_images(data_cfg, img_size: tuple[int, int], max_train: int, max_val: 
     """(train images, labels, val images, labels) of the config's labelled train / val splits, read once."""
     import json
 
-    from omegaconf import OmegaConf
     from torch.utils.data import DataLoader, Subset
 
     from usjepa.data import build_dataset
     from usjepa.eval.features import _collate
     from usjepa.eval.splits import cap_indices
 
-    key = json.dumps([OmegaConf.to_container(data_cfg, resolve=True), list(img_size), max_train, max_val],
+    key = json.dumps([plain(data_cfg), list(img_size), max_train, max_val],
                      sort_keys=True, default=str)
     if key not in _IMAGES:
         parts = []

@@ -9,7 +9,7 @@ interrupted or requeued run resumes where it stopped and never leaves a partial 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,18 +19,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from usjepa.eval import protocols as P
+from usjepa.eval.config import ProbeDatasetSpec, ProbeRunConfig, ProtocolConfig, probe_spec
 from usjepa.eval.encoders import ProbeEncoder, build_probe_encoder
 from usjepa.eval.features import FeatureSet, dataset_identity, extract_features
 from usjepa.eval.report import append_row, load_rows, write_tables
 from usjepa.eval.splits import DegenerateSplitError, cap_indices, carve, check_classes, check_no_leakage
 from usjepa.io.runfolder import RunFolder
+from usjepa.spec import plain
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +54,13 @@ def resolve_device(device: str) -> torch.device:
 class DatasetHandle:
     """A dataset spec opened once per run: its named splits (datasets, chosen indices, identities)."""
 
-    def __init__(self, name: str, spec: DictConfig, protocol: DictConfig, data_root: str):
+    def __init__(self, name: str, spec: ProbeDatasetSpec, protocol: ProtocolConfig, data_root: str):
         self.name, self.spec = name, spec
         self.img_size = tuple(spec.img_size or protocol.img_size)
-        data = copy.deepcopy(spec.data)
+        data = spec.data
         if data_root and data.root and not os.path.isabs(data.root):
-            data.root = os.path.join(data_root, data.root)
-        data.augment = False
-        self.data = data
+            data = dataclasses.replace(data, root=os.path.join(data_root, data.root))
+        self.data = dataclasses.replace(data, augment=False)
         self._parts: dict[str, tuple] = {}
 
     def part(self, split: str):
@@ -110,8 +111,8 @@ def _concat(parts: list[FeatureSet]) -> FeatureSet:
 class SuiteRunner:
     """Runs one probe config; see the module docstring."""
 
-    def __init__(self, cfg: DictConfig, should_stop: Callable[[], bool] | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: ProbeRunConfig | Any, should_stop: Callable[[], bool] | None = None):
+        self.cfg = cfg = probe_spec(cfg)
         self.p = cfg.protocol
         self.out_dir = Path(cfg.out_dir)
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.out_dir / "feature_cache"
@@ -149,10 +150,10 @@ class SuiteRunner:
 
     def protocol_hash(self, task: str) -> str:
         """What a result depends on: the protocol (less the switches that only add settings) and the dataset."""
-        p = OmegaConf.to_container(self.p, resolve=True)
+        p = plain(self.p)
         for k in ("few_shot", "robustness", "corruptions", "severities", "attentive", "knn"):
             p.pop(k)
-        d = {"protocol": p, "dataset": OmegaConf.to_container(self.cfg.datasets[task], resolve=True)}
+        d = {"protocol": p, "dataset": plain(self.cfg.datasets[task])}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def settings(self) -> list[tuple[str, str, str, object]]:
@@ -346,8 +347,9 @@ class SuiteRunner:
         return P.labelled(cfs, h.spec.label_kind)
 
 
-def run_probe(cfg: DictConfig, should_stop: Callable[[], bool] | None = None) -> ProbeResult:
-    """Run a probe config (from `load_probe_config`): features, probes, results.csv / results.md / results.png."""
+def run_probe(cfg: ProbeRunConfig | Any, should_stop: Callable[[], bool] | None = None) -> ProbeResult:
+    """Run a probe config (the spec, or `load_probe_config`'s DictConfig, checked here): features, probes,
+    results.csv / results.md / results.png."""
     return SuiteRunner(cfg, should_stop).run()
 
 
@@ -380,6 +382,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         cfg = load_probe_config(args.config, args.overrides)
         if getattr(args, "print_config", False):
+            from omegaconf import OmegaConf
+
             print(OmegaConf.to_yaml(cfg, resolve=True), end="")
             return 0
         res = run_probe(cfg)

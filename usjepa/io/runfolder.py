@@ -37,6 +37,7 @@ from usjepa.io.atomic import (
     temp_files_of,
 )
 from usjepa.io.lock import FolderBusy, FolderLock, describe_holder
+from usjepa.spec import plain
 
 CONFIG, ENV, GIT_DIFF, HISTORY = "config.yaml", "env.json", "git_diff.patch", "resume_history.jsonl"
 STATUS, METRICS, LAUNCH, EVENTS = "status.json", "metrics.csv", "launch.json", "job_events.json"
@@ -192,7 +193,7 @@ class RunFolder:
 
         from usjepa.io.provenance import git_info, package_versions
 
-        new = OmegaConf.to_container(cfg, resolve=True)
+        new = plain(cfg)
         if "train" in new:
             holder = self.lock.busy_holder()
             if holder is not None:
@@ -200,7 +201,7 @@ class RunFolder:
                                  "run to end (or cancel it), or point train.out_dir at another folder")
             self._check_and_record(new, self.saved_config() if baseline is None else baseline, at_step)
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_text(self.path / CONFIG, OmegaConf.to_yaml(OmegaConf.create(new)))
         info = git_info()
         atomic_write_text(self.path / GIT_DIFF, info.pop("dirty_diff"))
         meta = {"git": info, "versions": package_versions(), "argv": sys.argv, "host": platform.node()}

@@ -22,6 +22,7 @@ from numbers import Integral, Real
 from typing import Any
 
 from usjepa.models.spec import ATTENTION_BACKENDS, INITS, POS_EMBEDS, VIT_PRESETS
+from usjepa.spec import plain
 
 # keys of the `model:` section a saved file must declare (the rest have defaults every written form agrees on)
 REQUIRED = ("img_size", "patch_size", "in_chans")
@@ -123,13 +124,7 @@ class EncoderSpec:
     @classmethod
     def from_model_config(cls, model_cfg: Any) -> EncoderSpec:
         """The spec of the `model:` config section (a dataclass, a DictConfig or a plain mapping)."""
-        if dataclasses.is_dataclass(model_cfg) and not isinstance(model_cfg, type):
-            return cls.from_dict(dataclasses.asdict(model_cfg))
-        if not isinstance(model_cfg, Mapping):  # an OmegaConf DictConfig
-            from omegaconf import OmegaConf
-
-            model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
-        return cls.from_dict(model_cfg)
+        return cls.from_dict(plain(model_cfg))
 
     @classmethod
     def from_encoder(cls, encoder: Any) -> EncoderSpec:

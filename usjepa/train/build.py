@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
-from omegaconf import DictConfig
 
 from usjepa.masks import MaskCollator, build_masker
 from usjepa.models import Predictor, build_encoder
 from usjepa.objectives.base import Objective, Parts
 from usjepa.objectives.spec import OBJECTIVES
 
+if TYPE_CHECKING:
+    from usjepa.config import PretrainConfig
+
 log = logging.getLogger(__name__)
 
 
-def build_teacher(cfg: DictConfig):
+def build_teacher(cfg: PretrainConfig):
     import teachers
 
     return teachers.load_spec(cfg.teacher)
 
 
-def build_objective(cfg: DictConfig, total_steps: int, masker=None) -> Objective:
+def build_objective(cfg: PretrainConfig, total_steps: int, masker=None) -> Objective:
     student = build_encoder(cfg.model)
     masker = masker or build_masker(cfg.mask, student.grid(cfg.model.img_size))
     n_pairs = masker.num_pairs
@@ -46,7 +49,7 @@ def build_objective(cfg: DictConfig, total_steps: int, masker=None) -> Objective
     return OBJECTIVES.get(cfg.objective.name)(cfg, parts)
 
 
-def effective_precision(objective: Objective, cfg: DictConfig, device, amp: bool) -> dict:
+def effective_precision(objective: Objective, cfg: PretrainConfig, device, amp: bool) -> dict:
     """What the student and the teacher actually run in on `device` (the teacher says its own), for env.json."""
     student = "bf16" if amp else "fp32"
     teacher = getattr(objective, "teacher", None)
@@ -62,7 +65,7 @@ def effective_precision(objective: Objective, cfg: DictConfig, device, amp: bool
     return {"student": student, "teacher": teacher_prec, "device": str(device)}
 
 
-def build_mask_collator(cfg: DictConfig, base_collate) -> MaskCollator:
+def build_mask_collator(cfg: PretrainConfig, base_collate) -> MaskCollator:
     """The collator training uses: the configured sampler on the model's patch grid, around `base_collate`."""
     grid = tuple(int(s) // int(cfg.model.patch_size) for s in cfg.model.img_size)
     region = cfg.mask.region

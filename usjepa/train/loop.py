@@ -16,20 +16,21 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from usjepa import numerics
-from usjepa.config import ConfigError
+from usjepa.config import ConfigError, PretrainConfig, pretrain_spec
 from usjepa.errors import UsjepaError
 from usjepa.io.runfolder import ENCODER, LATEST, RunFolder, resume_mode
 from usjepa.models.checkpoint_io import export_encoder
 from usjepa.models.sharding import full_tensors, localise_checkpoint
+from usjepa.spec import plain
 from usjepa.train.build import build_mask_collator, build_objective, effective_precision, holdout_split
 from usjepa.train.checkpoint import FORMAT_VERSION, CheckpointWriter, load_training_checkpoint, rng_state
 from usjepa.train.collectives import Collectives
@@ -67,12 +68,16 @@ class TrainResult:
     best_val: float | None = None
 
 
-def run_training(cfg: DictConfig, should_stop: Callable[[], bool] | None = None) -> TrainResult:
+def run_training(cfg: PretrainConfig | Any, should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train (or resume) the run described by `cfg` in `cfg.train.out_dir`.
+
+    `cfg` is the typed spec (a merged DictConfig or a plain dict is checked and converted here, the entry point:
+    nothing below reads OmegaConf).
 
     Without a `should_stop` hook, SIGTERM and SIGINT (Ctrl-C) stop the run at the next step boundary, after
     saving latest.pt; the same command resumes it.
     """
+    cfg = pretrain_spec(cfg)
     env = resolve_env()
     started = env.world_size > 1 and not (dist.is_available() and dist.is_initialized())
     flag = StopFlag().install(signal.SIGTERM, signal.SIGINT) if should_stop is None else None
@@ -97,7 +102,7 @@ def _param_groups(modules: dict[str, torch.nn.Module]) -> list[dict]:
 
 
 class _Trainer:
-    def __init__(self, cfg: DictConfig, env: DistEnv, should_stop: Callable[[], bool] | None):
+    def __init__(self, cfg: PretrainConfig, env: DistEnv, should_stop: Callable[[], bool] | None):
         self.cfg, self.env, self.should_stop = cfg, env, should_stop
         check_world(cfg, env.world_size)
         self.main = env.rank == 0
@@ -382,7 +387,7 @@ class _Trainer:
             **{k: full_tensors(m.state_dict()) for k, m in mods.items()},  # gathered when sharded
             "optimizer": full_tensors(self.optimizer.state_dict()),
             "rng": rng_state(),
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "config": plain(self.cfg),
             "best_val": self.best_val,
         }
 
@@ -401,8 +406,7 @@ class _Trainer:
     def _finish(self, step: int) -> None:
         state = full_tensors(self.objective.student.state_dict()) if self.sharded else None  # on every rank
         if self.main:
-            export_encoder(self.objective.student, self.folder / ENCODER,
-                           OmegaConf.to_container(self.cfg.model, resolve=True), state=state)
+            export_encoder(self.objective.student, self.folder / ENCODER, plain(self.cfg.model), state=state)
         self._status("completed")
 
     def _status(self, state: str, **extra) -> None:

@@ -9,36 +9,39 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 import torch
-from omegaconf import DictConfig
 
 from usjepa.masks.report import format_report, mask_statistics, write_report
 from usjepa.train.build import build_mask_collator
 from usjepa.train.sampler import item_seed
 
+if TYPE_CHECKING:
+    from usjepa.config import PretrainConfig
 
-def per_rank_batch(cfg: DictConfig, world: int | None = None) -> int:
+
+def per_rank_batch(cfg: PretrainConfig, world: int | None = None) -> int:
     """Images one collator call sees: data.batch_size / (ranks x accumulation steps)."""
     if world is None:
         world = max(1, int(cfg.launch.nodes) * int(cfg.launch.tasks_per_node))
     return max(1, int(cfg.data.batch_size) // (world * int(cfg.optim.accum_steps)))
 
 
-def _seed_batches(cfg: DictConfig, batch: int, batches: int, world: int) -> list[list[tuple[int, int]]]:
+def _seed_batches(cfg: PretrainConfig, batch: int, batches: int, world: int) -> list[list[tuple[int, int]]]:
     """(position, item seed) of rank 0's first micro-batch of the first `batches` steps of epoch 0."""
     g = batch * world * int(cfg.optim.accum_steps)  # the global batch these micro-batches belong to
     return [[(p, item_seed(int(cfg.train.seed), 0, p)) for p in range(k * g, k * g + batch)] for k in range(batches)]
 
 
-def _seeds_only_batch(keys: list[tuple[int, int]], cfg: DictConfig) -> dict:
+def _seeds_only_batch(keys: list[tuple[int, int]], cfg: PretrainConfig) -> dict:
     """What the collator needs when no region is used: the item seeds (images are irrelevant to the masks)."""
     h, w = (int(s) for s in cfg.model.img_size)
     return {"item_seed": torch.tensor([s for _, s in keys], dtype=torch.int64),
             "region": torch.ones(len(keys), h, w, dtype=torch.bool)}
 
 
-def preview_masks(cfg: DictConfig, batch: int | None = None, batches: int = 8, world: int | None = None,
+def preview_masks(cfg: PretrainConfig, batch: int | None = None, batches: int = 8, world: int | None = None,
                   collator=None, items=None) -> dict:
     """Draw `batches` per-rank batches of masks as training would -> the report dict (see usjepa.masks.report).
 
@@ -79,7 +82,7 @@ def preview_masks(cfg: DictConfig, batch: int | None = None, batches: int = 8, w
                            world=world, region=bool(cfg.mask.region.enabled))
 
 
-def _training_items(cfg: DictConfig):
+def _training_items(cfg: PretrainConfig):
     from usjepa.data import build_dataset
     from usjepa.train.build import holdout_split
     from usjepa.train.sampler import SeededItems
@@ -91,7 +94,7 @@ def _training_items(cfg: DictConfig):
     return SeededItems(ds, train_idx)
 
 
-def record_masks(cfg: DictConfig, collator, run_dir, world: int, items=None, batches: int = 8) -> dict:
+def record_masks(cfg: PretrainConfig, collator, run_dir, world: int, items=None, batches: int = 8) -> dict:
     """Write masks.json (the run's effective masking) into the run folder; called once at the start of a run."""
     stats = preview_masks(cfg, per_rank_batch(cfg, world), batches, world, collator, items)
     write_report(stats, run_dir)
@@ -108,10 +111,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from usjepa.config import ConfigError, load_config
+    from usjepa.config import ConfigError, load_spec
     from usjepa.data.errors import DataError
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_spec(args.config, args.overrides)
     try:
         stats = preview_masks(cfg, args.batch or None, args.batches)
     except (ValueError, DataError) as e:  # bad --batch, or the data region conditioning needs is missing

@@ -22,27 +22,29 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from usjepa.config import ConfigError
+
+if TYPE_CHECKING:
+    from usjepa.config import PretrainConfig
 
 log = logging.getLogger(__name__)
 
 COMPILE_BACKEND = "inductor"  # torch.compile's default; tests may swap in a cheaper backend, users do not
 
 
-def check_world(cfg: DictConfig, world_size: int) -> None:
+def check_world(cfg: PretrainConfig, world_size: int) -> None:
     """What the config alone cannot check: sharding needs 2+ processes (called before the run folder is touched)."""
     if getattr(cfg.train, "sharding", "none") == "fsdp" and world_size < 2:
         raise ConfigError("train.sharding=fsdp needs a distributed run (torchrun or srun, 2+ processes) but this is "
                           "a single process: set train.sharding=none")
 
 
-def place_models(objective: nn.Module, cfg: DictConfig, device: torch.device, world_size: int,
+def place_models(objective: nn.Module, cfg: PretrainConfig, device: torch.device, world_size: int,
                  amp: bool) -> dict[str, Any]:
     """Apply activation checkpointing, FSDP2 sharding and compile to `objective` (on `device` already).
 

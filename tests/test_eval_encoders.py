@@ -2,7 +2,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from usjepa.eval.config import EncoderSpec
+from usjepa.eval.config import ProbeEncoderSpec
 from usjepa.eval.encoders import build_probe_encoder
 from usjepa.models import build_vit, export_encoder
 
@@ -19,7 +19,7 @@ def _export(path, seed=0):
 
 
 def _spec(**kw):
-    return OmegaConf.merge(OmegaConf.structured(EncoderSpec), kw)
+    return OmegaConf.merge(OmegaConf.structured(ProbeEncoderSpec), kw)
 
 
 def test_identity_follows_the_weights_not_the_file(tmp_path):

@@ -52,7 +52,7 @@ _NEEDS_HINT = {
 
 
 @dataclass
-class EncoderSpec(Spec):
+class ProbeEncoderSpec(Spec):
     """One encoder to probe. `kind` picks how it is built; the mapping key is its name in the table."""
 
     kind: str = "student"  # student | mae | teacher | timm | random
@@ -186,7 +186,7 @@ class ProtocolConfig(Spec):
 
 @dataclass
 class ProbeRunConfig(Spec):
-    encoders: dict[str, EncoderSpec] = field(default_factory=dict)
+    encoders: dict[str, ProbeEncoderSpec] = field(default_factory=dict)
     datasets: dict[str, ProbeDatasetSpec] = field(default_factory=dict)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     out_dir: str = "runs/probe"

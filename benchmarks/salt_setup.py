@@ -20,16 +20,16 @@ import flops as F  # noqa: E402
 
 def build_teacher(arch: str, img: int, patch: int, depth: int = 0, precision: str = "bf16", seed: int = 1,
                   backend: str = "auto"):
-    """A frozen usjepa-family teacher (random weights: speed and memory do not depend on them)."""
+    """A frozen native-family teacher (random weights: speed and memory do not depend on them)."""
     from teachers.frozen import FrozenTeacher
-    from teachers.usjepa_family import UsjepaEncoderBackbone, encoder_stats
+    from teachers.native import UsjepaEncoderBackbone, encoder_stats
     from usjepa.models import build_vit
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vit = build_vit(arch, depth=depth, img_size=(img, img), patch_size=patch, in_chans=1, cls_token=False,
                         pos_embed="rope", attn_backend=backend).eval()
-    return FrozenTeacher(UsjepaEncoderBackbone(vit), family="usjepa", norm="model", norm_stats=encoder_stats(vit),
+    return FrozenTeacher(UsjepaEncoderBackbone(vit), family="native", norm="model", norm_stats=encoder_stats(vit),
                          precision=precision)
 
 

@@ -3,7 +3,7 @@
     teacher = teachers.load("urfm", "mae_vit_base_patch16_dec768d8b_all_biomedclip_1199.pth")
     tokens = teacher(images)  # [B, N, D] patch tokens, images in [0, 1] with 1 or 3 channels
 
-Families: usjepa, timm, vit, mae, urfm, dinov2, ijepa, usfm, random (see teachers/README.md).
+Families: native, timm, vit, mae, urfm, dinov2, ijepa, usfm, random (see teachers/README.md).
 Importing the package is light: the names below (and the family modules, which register themselves) load on
 first use, so `teachers.config` and `teachers.catalog` can be read without torch.
 """

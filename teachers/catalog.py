@@ -10,7 +10,7 @@ from __future__ import annotations
 from usjepa.registry import Registry
 
 FAMILY_MODULES = Registry("teacher family")
-FAMILY_MODULES.register("usjepa", "teachers.usjepa_family", "usjepa encoder checkpoint")
+FAMILY_MODULES.register("native", "teachers.native", "a checkpoint this framework wrote (latest.pt, step_N.pt, best.pt, encoder.safetensors)")
 FAMILY_MODULES.register("timm", "teachers.timm_family", "any timm model")
 FAMILY_MODULES.register("vit", "teachers.vit_family", "plain timm-keyed ViT state dict")
 FAMILY_MODULES.register("mae", "teachers.mae", "MAE checkpoint")

@@ -10,7 +10,7 @@ from usjepa.spec import Spec, at_least, choice
 
 @dataclass
 class TeacherConfig(Spec):
-    family: str = ""  # usjepa | timm | vit | mae | urfm | dinov2 | ijepa | usfm | random
+    family: str = ""  # native | timm | vit | mae | urfm | dinov2 | ijepa | usfm | random
     checkpoint: str = ""
     arch: str = ""  # architecture name where the family needs one (timm model name, vit_base, ...)
     patch_size: int = 0  # 0 = the family's default

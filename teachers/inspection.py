@@ -25,14 +25,14 @@ def _is_usjepa_export(path: Path) -> bool:
 def detect_family(obj: Any, path: str | Path = "") -> tuple[str, str]:
     """(family, the evidence) for a raw checkpoint object, from its wrappers and key names."""
     if path and _is_usjepa_export(Path(path)):
-        return "usjepa", "safetensors with usjepa-encoder metadata"
+        return "native", "safetensors with usjepa-encoder metadata"
     if isinstance(obj, dict):
         if isinstance(obj.get("ema_state_dict"), dict):
             return "urfm", "weights under 'ema_state_dict' (URFM release layout)"
         if isinstance(obj.get("target_encoder"), dict):
             return "ijepa", "'target_encoder' entry (I-JEPA training checkpoint)"
         if isinstance(obj.get("config"), dict) and "model" in obj["config"] and is_state_dict(obj.get("model")):
-            return "usjepa", "usjepa training checkpoint ('config' + 'model')"
+            return "native", "usjepa training checkpoint ('config' + 'model')"
     try:
         state, _ = unwrap(obj, WRAPPER_KEYS, "checkpoint")
     except CheckpointError:

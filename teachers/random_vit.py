@@ -10,7 +10,7 @@ import torch
 from teachers.arch import ArchFacts
 from teachers.backbones import UsjepaBackbone
 from teachers.registry import Built, register
-from teachers.usjepa_family import encoder_stats
+from teachers.native import encoder_stats
 from usjepa.models.encoder_spec import EncoderSpec, preset_sizes
 
 
@@ -21,7 +21,7 @@ def build_random(checkpoint: str | None, *, strict: bool = True, arch: str = "vi
                  cls_token: bool = True, img_size: Sequence[int] = (224, 224),
                  norm_mean: Sequence[float] = (0.5,), norm_std: Sequence[float] = (0.25,)) -> Built:
     if checkpoint:
-        raise ValueError(f"the random family takes no checkpoint (got '{checkpoint}'); use family usjepa to load one")
+        raise ValueError(f"the random family takes no checkpoint (got '{checkpoint}'); use family native to load one")
     preset = arch or "vit_tiny"
     spec = EncoderSpec(arch=preset, **preset_sizes(preset, embed_dim, depth, num_heads), img_size=tuple(img_size),
                        patch_size=patch_size or 16, in_chans=in_chans, cls_token=cls_token, norm_mean=tuple(norm_mean),

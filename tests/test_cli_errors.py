@@ -107,7 +107,7 @@ def test_checkpoint_and_broken_safetensors_errors(tmp_path) -> None:
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\xff" * 64)
     _one_error_line(_cli("teacher", "inspect", str(broken)), str(broken), "safetensors")
-    _one_error_line(_cli("teacher", "verify", str(broken), "--family", "usjepa"), str(broken))
+    _one_error_line(_cli("teacher", "verify", str(broken), "--family", "native"), str(broken))
 
 
 @pytest.mark.slow

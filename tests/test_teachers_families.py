@@ -337,7 +337,7 @@ def test_timm_family_wrapper_prefixes_and_the_checkpoints_own_statistics(tmp_pat
     assert "timm's default pretrained_cfg" in load("timm", str(tmp_path / "plain.pth"), **opts).norm_description
 
 
-def test_usjepa_family_export_and_training_checkpoint(tmp_path):
+def test_native_family_export_and_training_checkpoint(tmp_path):
     torch.manual_seed(0)
     vit = build_vit("vit_tiny", depth=2, img_size=(32, 32), patch_size=8, in_chans=1, norm_mean=(0.4,),
                     norm_std=(0.3,)).eval()
@@ -346,7 +346,7 @@ def test_usjepa_family_export_and_training_checkpoint(tmp_path):
     export_encoder(vit, tmp_path / "encoder.safetensors", model_cfg=mc)
     torch.save({"config": {"model": mc}, "model": vit.state_dict(), "step": 5}, tmp_path / "latest.pt")
     for f in ("encoder.safetensors", "latest.pt"):
-        t = load("usjepa", str(tmp_path / f))
+        t = load("native", str(tmp_path / f))
         assert t.in_chans == 1 and t.norm == "model"
         with torch.no_grad():
             close(t(X1), vit(X1))  # RGB in, averaged to the encoder's one channel

@@ -57,7 +57,7 @@ def test_detects_usjepa_export(tmp_path):
     vit = build_vit("vit_tiny", depth=1, img_size=(32, 32), patch_size=8)
     mc = dict(arch="vit_tiny", depth=1, img_size=[32, 32], patch_size=8, in_chans=1, cls_token=True)
     path = export_encoder(vit, tmp_path / "encoder.safetensors", model_cfg=mc)
-    assert detect_family(None, path)[0] == "usjepa"
+    assert detect_family(None, path)[0] == "native"
 
 
 def test_inspect_reports_geometry_and_key_problems(tmp_path):

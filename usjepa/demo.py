@@ -105,7 +105,7 @@ def run_demo(out_dir: str | Path = "runs/demo", size: str = "tiny", compare: boo
     salt_cfg = load_config(_pretrain("salt_vit_tiny_sim.yaml"),
                            _stage_overrides(s, out / "salt", data_root, student_steps, train_seed))
     # targets: the mean of the teacher's last blocks (as data2vec), which keeps the local detail its early blocks hold
-    salt_cfg.teacher = OmegaConf.structured(TeacherConfig(family="usjepa", checkpoint=str(teacher_ckpt),
+    salt_cfg.teacher = OmegaConf.structured(TeacherConfig(family="native", checkpoint=str(teacher_ckpt),
                                                           mean_last_k=s["teacher_last_k"], precision=s["precision"]))
     _train_stage(salt_cfg, "stage 2 (SALT student)", out)
     runs = {"teacher (MAE)": out / "teacher", "SALT student": out / "salt"}

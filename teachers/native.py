@@ -1,4 +1,5 @@
-"""Family `usjepa`: our own encoders as teachers: the stage-1 MAE teacher, a SALT student, an EMA target.
+"""Family `native` (the old name `usjepa` is still accepted): checkpoints this framework wrote, as teachers: the
+stage-1 MAE teacher, a SALT student, an EMA target.
 
 Reads a usjepa training checkpoint (`latest.pt`, `best.pt`, `step_N.pt`; `which` picks `model` or
 `target_encoder`) or an exported `encoder.safetensors`, strictly, through
@@ -111,7 +112,7 @@ def check_declared(mc: Any, shapes: dict[str, tuple[int, ...]], source: str, whe
     return facts
 
 
-@register("usjepa", default_norm="model", summary="usjepa encoder checkpoint (stage-1 MAE teacher, student, export)")
+@register("native", default_norm="model", summary="a usjepa encoder checkpoint (stage-1 MAE teacher, student, export)")
 def build_usjepa(checkpoint: str, *, strict: bool = True, which: str = "model", patch_size: int = 0) -> Built:
     path, source = Path(checkpoint), describe(checkpoint)
     mc, shapes, where = declared_config(path, which, source)

@@ -159,11 +159,11 @@ def recipe_value(recipe: str, key: str) -> Any:
     """Our value of `key` in configs/pretrain/<recipe>, resolved as `usjepa config` does."""
     from omegaconf import OmegaConf
 
-    from usjepa.masks import MASK_PRESETS
+    from usjepa.masks import preset_recipe
 
     cfg = _recipe(recipe)
     if key.startswith("preset."):
-        return MASK_PRESETS[cfg.mask.preset][key.split(".", 1)[1]]
+        return preset_recipe(cfg.mask.preset, cfg.mask)[key.split(".", 1)[1]]
     v = OmegaConf.select(cfg, key)
     return OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
 

@@ -36,6 +36,10 @@ class Registry:
             raise ValueError(f"{self.kind} '{name}' is already registered")
         self._entries[name] = Entry(name, target, summary, dict(facts))
 
+    def unregister(self, name: str) -> None:
+        """Drop `name` (a test's or a plug-in's temporary entry); KeyError when it is not registered."""
+        del self._entries[name]
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
@@ -60,11 +64,13 @@ class Registry:
         """ConfigError naming `key_name` (relative to the spec being built) when `value` is not registered."""
         choice(value, self._entries, key_name)
 
-    def get(self, name: str) -> Any:
-        """The implementation registered under `name` (imported now)."""
-        target = self.entry(name).target
+    def get(self, name: str, fact: str = "") -> Any:
+        """The implementation registered under `name` (imported now); with `fact`, the object that fact names
+        (a `module:attribute` string too, e.g. a second hook of the same component)."""
+        target = self.fact(name, fact, "") if fact else self.entry(name).target
         if not target:
-            raise LookupError(f"{self.kind} '{name}' has no implementation object")
+            what = f"'{fact}' object" if fact else "implementation object"
+            raise LookupError(f"{self.kind} '{name}' has no {what}")
         module, _, attr = target.partition(":")
         obj = importlib.import_module(module)
         return getattr(obj, attr) if attr else obj

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from usjepa.data.config import SOURCES
+from usjepa.data.config import DATA_SOURCES
 from usjepa.data.dataset import UltrasoundDataset, resolve_labels
 from usjepa.data.errors import DataError
-from usjepa.data.sources import read_manifest, read_ultrabench, scan_folder
 from usjepa.data.splits import SPLITS, apply_groups, check_patient_leakage, make_group_splits, require_groups
 
 log = logging.getLogger(__name__)
@@ -43,55 +42,11 @@ def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _simulated_table(cfg) -> pd.DataFrame:
-    from usjepa.data.sim.simulate import simulate_cached, simulate_dataset
-
-    kw = {"size": cfg.sim_size, "frames_per_patient": cfg.sim_frames_per_patient, "dress_prob": cfg.sim_dress,
-          "probe": cfg.sim_probe or None, "organ": cfg.sim_organ or None,
-          "lesion_size": list(cfg.sim_lesion_size) or None,
-          "split_fractions": tuple(float(f) for f in cfg.split_fractions),
-          "workers": int(cfg.sim_workers) or min(8, _usable_cpus())}
-    root = Path(cfg.root) if cfg.root else simulated_root(cfg)
-    manifest = root / "manifest.csv"
-    if not manifest.exists():
-        log.info("simulating %d %s frames (seed %d) into %s", cfg.num_images, cfg.task, cfg.seed, root)
-        if root.exists() and any(root.iterdir()):
-            simulate_dataset(root, cfg.num_images, cfg.task, cfg.seed, **kw)
-        else:
-            simulate_cached(root, cfg.num_images, cfg.task, cfg.seed, **kw)
-    return read_manifest(str(manifest))
-
-
 def load_table(cfg) -> pd.DataFrame:
-    """The full item table (all splits) of the configured source."""
-    src = cfg.source
-    kw = {"stride": cfg.frame_stride, "max_frames": cfg.max_frames}
-    if src == "simulate":
-        return _simulated_table(cfg)
-    if src == "manifest":
-        path = cfg.manifest or (str(Path(cfg.root) / "manifest.csv") if cfg.root else "")
-        if not path:
-            raise DataError("data.source=manifest needs data.manifest (a CSV / Parquet file) or data.root holding "
-                            "manifest.csv")
-        return read_manifest(path, cfg.root if cfg.manifest else "", **kw)
-    if not cfg.root:
-        raise DataError(f"data.source={src} needs data.root (the folder to read)")
-    if src == "prepared":  # the shards' item table (settings checked by build_dataset / config validation)
-        from usjepa.data.shards import INDEX, read_meta
-
-        read_meta(cfg.root)
-        return pd.read_parquet(Path(cfg.root) / INDEX)
-    if src == "ultrabench":
-        return read_ultrabench(cfg.root, seed=cfg.seed, groups=cfg.groups)
-    kinds = {"folder": {"image", "dicom", "video"}, "dicom": {"dicom"}, "video": {"video"}}.get(src)
-    if kinds is None:
-        raise DataError(f"unknown data.source '{src}'; use one of {SOURCES}")
-    if Path(cfg.root).is_file():  # a single DICOM / video file
-        from usjepa.data.sources import _expand_frames, _finish
-
-        return _expand_frames(_finish(pd.DataFrame({"path": [cfg.root]}), Path(cfg.root).parent.name), **kw)
-    return scan_folder(cfg.root, kinds, label_from_folder=cfg.task == "folder", patient_regex=cfg.patient_regex,
-                       **kw)
+    """The full item table (all splits) of the configured source: its reader in DATA_SOURCES (usjepa.data.tables)."""
+    if cfg.source not in DATA_SOURCES:
+        raise DataError(f"unknown data.source '{cfg.source}'; use one of {DATA_SOURCES.names()}")
+    return DATA_SOURCES.get(cfg.source)(cfg)
 
 
 def has_labels(df: pd.DataFrame, task: str) -> bool:
@@ -143,10 +98,8 @@ def build_dataset(cfg, split: str | None, img_size: tuple[int, int], augment: bo
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got '{split}'")
     where = cfg.manifest or cfg.root or str(simulated_root(cfg))
-    if cfg.source == "prepared":
-        from usjepa.data.shards import check_prepared
-
-        check_prepared(cfg, img_size)
+    if DATA_SOURCES.fact(cfg.source, "check"):  # e.g. shards prepared with this config's settings
+        DATA_SOURCES.get(cfg.source, "check")(cfg, img_size)
     df = assign_splits(load_table(cfg), cfg, f"data ({cfg.source}: {where})")
     labels, names, targets = resolve_labels(df, cfg.task)
     df = df.assign(_label=labels if labels is not None else -1, _target=targets)
@@ -156,8 +109,6 @@ def build_dataset(cfg, split: str | None, img_size: tuple[int, int], augment: bo
         if df.empty:
             raise DataError(f"split '{split}' of {where} is empty (splits present: {avail}); use split=None or add "
                             "a split column")
-    if cfg.source == "prepared":
-        from usjepa.data.prepared import PreparedDataset
-
-        return PreparedDataset(df, cfg, tuple(img_size), augment, cfg.root, seed, names)
+    if DATA_SOURCES.fact(cfg.source, "dataset"):  # a source with its own Dataset (prepared shards)
+        return DATA_SOURCES.get(cfg.source, "dataset")(df, cfg, tuple(img_size), augment, seed, names)
     return UltrasoundDataset(df, cfg, tuple(img_size), augment, seed, cfg.source, names)

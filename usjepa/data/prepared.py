@@ -136,3 +136,9 @@ class PreparedDataset(torch.utils.data.Dataset):
         out["target"] = torch.tensor(float(self.targets[idx]), dtype=torch.float32)
         out.update(index=idx, path=self.paths[idx], patient_id=str(self.patient_ids[idx]))
         return out
+
+
+def prepared_dataset(table: pd.DataFrame, cfg, img_size: tuple[int, int], augment: bool, seed: int = 0,
+                     class_names: list[str] | None = None) -> PreparedDataset:
+    """`data.source=prepared`'s Dataset in the call form `build_dataset` uses for every source (DATA_SOURCES)."""
+    return PreparedDataset(table, cfg, img_size, augment, cfg.root, seed, class_names)

@@ -7,7 +7,7 @@ presets, V-JEPA for salt, MAE for random); `per_sample` draws every image's bloc
 from __future__ import annotations
 
 from usjepa.lazy import lazy_exports
-from usjepa.masks.spec import CUSTOM, MASK_PRESETS, SAMPLERS
+from usjepa.masks.spec import CUSTOM, MASK_KINDS, MASK_PRESETS, MASK_SAMPLERS, SAMPLERS, preset_recipe
 
 _EXPORTS = {
     "MaskBatch": "usjepa.masks.collator",
@@ -26,36 +26,14 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def build_masker(mask_cfg, grid: tuple[int, int]):
-    """The batch sampler for the `mask:` config section on a patch grid: `sampler(seeds, valid) -> [MaskBatch]`."""
-    from usjepa.masks.collator import PerSampleSampler
-    from usjepa.masks.multiblock import ComplementMasker, MultiBlockMasker, RandomMasker
-    from usjepa.masks.reference import IJepaMultiBlock, MAERandom, VJepaMultiBlock
+    """The batch sampler for the `mask:` config section on a patch grid: `sampler(seeds, valid) -> [MaskBatch]`.
 
-    region = mask_cfg.region
-    tau = int(region.tau) if region.enabled else 1
-    if mask_cfg.preset == CUSTOM:
-        p = dict(
-            kind="multiblock",
-            context_scale=tuple(mask_cfg.context_scale),
-            context_aspect=tuple(mask_cfg.context_aspect),
-            target_scale=tuple(mask_cfg.target_scale),
-            target_aspect=tuple(mask_cfg.target_aspect),
-            num_targets=mask_cfg.num_targets,
-            min_keep=mask_cfg.min_keep,
-        )
-    else:
-        p = dict(MASK_PRESETS[mask_cfg.preset])
-    kind = p.pop("kind")
-    reference = getattr(mask_cfg, "sampler", "reference") == "reference"
-    if kind == "multiblock":
-        cls = IJepaMultiBlock if reference else MultiBlockMasker
-        masker = cls(grid=grid, allow_overlap=mask_cfg.allow_overlap, tau=tau, max_tries=region.max_tries, **p)
-    elif kind == "complement":
-        cls = VJepaMultiBlock if reference else ComplementMasker
-        masker = cls(grid=grid, tau=tau, max_tries=region.max_tries, **p)
-    else:
-        masker = (MAERandom if reference else RandomMasker)(grid=grid, ratio=mask_cfg.random_ratio)
-    return masker if reference else PerSampleSampler(masker)
+    Every name is looked up in the registries of `usjepa.masks.spec` (see `usjepa.masks.kinds`)."""
+    recipe = preset_recipe(mask_cfg.preset, mask_cfg)
+    kind = recipe.pop("kind")
+    settings = MASK_KINDS.get(kind)(recipe, mask_cfg)
+    return MASK_SAMPLERS.get(getattr(mask_cfg, "sampler", "reference"))(kind, grid, settings)
 
 
-__all__ = ["MASK_PRESETS", "SAMPLERS", "build_masker", *_EXPORTS]
+__all__ = ["CUSTOM", "MASK_KINDS", "MASK_PRESETS", "MASK_SAMPLERS", "SAMPLERS", "build_masker", "preset_recipe",
+           *_EXPORTS]

@@ -1,5 +1,7 @@
 """Multi-head self-attention with one kernel chosen at construction: xformers, SDPA or an explicit math path.
 
+The kernels are the targets of `ATTENTION_BACKENDS` (usjepa.models.spec); a layer resolves its name there.
+
 `auto` picks xformers' memory-efficient attention on CUDA when it imports, else PyTorch's
 `scaled_dot_product_attention`; `math` is a plain softmax(QK^T)V reference. The env var
 USJEPA_ATTN (xformers|sdpa|math) overrides `auto`. Variable numbers of tokens per sample come as a
@@ -22,7 +24,8 @@ from usjepa.models.spec import ATTENTION_BACKENDS
 
 log = logging.getLogger(__name__)
 
-BACKENDS = tuple(n for n in ATTENTION_BACKENDS if n != "auto")  # the kernels; "auto" picks one
+AUTO = "auto"  # model.attn_backend / USJEPA_ATTN: the registered rule that picks a kernel
+BACKENDS = tuple(n for n in ATTENTION_BACKENDS if not ATTENTION_BACKENDS.fact(n, "rule"))  # the kernels
 XFORMERS_DEVICES = ("cuda",)  # where the xformers kernel runs; elsewhere its layers fall back to SDPA
 _announced: set[str] = set()
 _xformers_ops = None
@@ -45,21 +48,30 @@ def _load_xformers():
     return _xformers_ops or None
 
 
-def resolve_backend(requested: str = "auto") -> str:
-    """The backend a new attention layer will use; logged once per distinct choice."""
-    if requested == "auto":
-        requested = os.environ.get("USJEPA_ATTN", "auto") or "auto"
-    if requested == "auto":
-        choice = "xformers" if _load_xformers() is not None else "sdpa"
-    elif requested in BACKENDS:
-        choice = requested
-        if choice == "xformers" and _load_xformers() is None:
-            raise RuntimeError(
-                "attention backend 'xformers' was requested but xformers cannot run here (it needs CUDA and a build "
-                "matching this torch); set model.attn_backend=sdpa or auto"
-            )
-    else:
-        raise ValueError(f"unknown attention backend '{requested}'; use one of auto, {', '.join(BACKENDS)}")
+def auto_backend() -> str:
+    """`auto`: xformers where it runs (CUDA and a build matching this torch), else SDPA."""
+    return "xformers" if _load_xformers() is not None else "sdpa"
+
+
+def require_xformers() -> None:
+    """RuntimeError when the xformers kernel cannot run here (asked for by name, not through `auto`)."""
+    if _load_xformers() is None:
+        raise RuntimeError(
+            "attention backend 'xformers' was requested but xformers cannot run here (it needs CUDA and a build "
+            "matching this torch); set model.attn_backend=sdpa or auto"
+        )
+
+
+def resolve_backend(requested: str = AUTO) -> str:
+    """The backend a new attention layer will use (a name in ATTENTION_BACKENDS whose target is a kernel); `auto`
+    is first replaced by USJEPA_ATTN when set. Logged once per distinct choice."""
+    if requested == AUTO:
+        requested = os.environ.get("USJEPA_ATTN", AUTO) or AUTO
+    if requested not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend '{requested}'; use one of {', '.join(ATTENTION_BACKENDS)}")
+    choice = ATTENTION_BACKENDS.get(requested)() if ATTENTION_BACKENDS.fact(requested, "rule") else requested
+    if ATTENTION_BACKENDS.fact(choice, "require"):
+        ATTENTION_BACKENDS.get(choice, "require")()
     if choice not in _announced:
         _announced.add(choice)
         log.info("attention backend: %s", choice)
@@ -106,13 +118,13 @@ def xformers_attention(q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout | No
     return out.reshape(B, N, H, Dh).transpose(1, 2)
 
 
-_KERNELS = {"math": math_attention, "sdpa": sdpa_attention, "xformers": xformers_attention}
+_KERNELS = {name: ATTENTION_BACKENDS.get(name) for name in BACKENDS}  # the registered kernels (tests, benchmarks)
 
 
 class Attention(nn.Module):
     """timm-compatible parameter names (`qkv`, `proj`) so state dicts load into timm's ViT."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "auto"):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = AUTO):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
@@ -121,7 +133,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.backend = resolve_backend(backend)
-        self._kernel = _KERNELS[self.backend]
+        self._kernel = ATTENTION_BACKENDS.get(self.backend)
 
     def forward(self, x: Tensor, layout: TokenLayout | None = None, rope=None) -> Tensor:
         """x [B, N, C]; layout: which tokens are real (None: all); rope: a `usjepa.models.rope.Rope` rotating q and

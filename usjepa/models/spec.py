@@ -20,11 +20,18 @@ VIT_PRESETS: dict[str, dict[str, int]] = {
     "vit_huge": dict(embed_dim=1280, depth=32, num_heads=16),
 }
 
+# a backend's target is its kernel `(q, k, v, layout) -> out` (usjepa.models.attention); facts: `rule` (the target
+# picks a kernel's name instead: auto), `require` (a `module:attribute` that raises when the kernel cannot run here)
 ATTENTION_BACKENDS = Registry("attention backend")
-ATTENTION_BACKENDS.register("auto", summary="xformers on CUDA when it imports, else sdpa (env USJEPA_ATTN overrides)")
-ATTENTION_BACKENDS.register("xformers", summary="xformers memory-efficient attention (CUDA)")
-ATTENTION_BACKENDS.register("sdpa", summary="torch scaled_dot_product_attention")
-ATTENTION_BACKENDS.register("math", summary="explicit softmax(QK^T)V reference")
+ATTENTION_BACKENDS.register("auto", "usjepa.models.attention:auto_backend", rule=True,
+                            summary="xformers on CUDA when it imports, else sdpa (env USJEPA_ATTN overrides)")
+ATTENTION_BACKENDS.register("xformers", "usjepa.models.attention:xformers_attention",
+                            summary="xformers memory-efficient attention (CUDA)",
+                            require="usjepa.models.attention:require_xformers")
+ATTENTION_BACKENDS.register("sdpa", "usjepa.models.attention:sdpa_attention",
+                            summary="torch scaled_dot_product_attention")
+ATTENTION_BACKENDS.register("math", "usjepa.models.attention:math_attention",
+                            summary="explicit softmax(QK^T)V reference")
 
 POS_EMBEDS = Registry("position embedding")
 POS_EMBEDS.register("sincos", summary="fixed 2-D sine-cosine (I-JEPA, MAE)")

@@ -98,6 +98,10 @@ def identity_diff(stored: Any, wanted: Any, path: str = "") -> list[str]:
         for k in sorted(set(stored) | set(wanted)):
             out += identity_diff(stored.get(k, "<absent>"), wanted.get(k, "<absent>"), f"{path}.{k}" if path else k)
         return out
+    if path == "teacher.family" and isinstance(stored, str):  # a cache written under a family's former name
+        from teachers.catalog import FAMILY_MODULES
+
+        stored = FAMILY_MODULES.canonical(stored)
     return [] if stored == wanted else [f"{path}: cache {stored!r}, this run {wanted!r}"]
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from usjepa.registry import Registry
 
 FAMILY_MODULES = Registry("teacher family")
-FAMILY_MODULES.register("native", "teachers.native", "a checkpoint this framework wrote (latest.pt, step_N.pt, best.pt, encoder.safetensors)")
+FAMILY_MODULES.register("native", "teachers.native",
+                        "a checkpoint this framework wrote (latest.pt, step_N.pt, best.pt, encoder.safetensors)")
+FAMILY_MODULES.alias("usjepa", "native")  # its name until 2026-12: "usjepa" now names only the paper's recipes
 FAMILY_MODULES.register("timm", "teachers.timm_family", "any timm model")
 FAMILY_MODULES.register("vit", "teachers.vit_family", "plain timm-keyed ViT state dict")
 FAMILY_MODULES.register("mae", "teachers.mae", "MAE checkpoint")

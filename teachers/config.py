@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from teachers.catalog import FAMILY_MODULES, GRID_RESAMPLE, MODEL_NORM, NORM_PRESETS, PRECISIONS
-from usjepa.spec import Spec, at_least, choice
+from usjepa.spec import Spec, at_least, choice, key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,6 +29,10 @@ class TeacherConfig(Spec):
     def check(self) -> None:
         if self.family:
             FAMILY_MODULES.check(self.family, "family")
+            current = FAMILY_MODULES.canonical(self.family)
+            if current != self.family:  # a former name: the spec (and what the run writes) says the current one
+                log.warning("%s=%s is now called %s (the old name still works)", key("family"), self.family, current)
+                object.__setattr__(self, "family", current)
         if self.norm:  # "": the family's default
             choice(self.norm, (*NORM_PRESETS, MODEL_NORM), "norm")
         choice(self.precision, PRECISIONS, "precision")

@@ -9,8 +9,8 @@ import torch
 
 from teachers.arch import ArchFacts
 from teachers.backbones import UsjepaBackbone
-from teachers.registry import Built, register
 from teachers.native import encoder_stats
+from teachers.registry import Built, register
 from usjepa.models.encoder_spec import EncoderSpec, preset_sizes
 
 

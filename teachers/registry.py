@@ -116,6 +116,7 @@ def user_error(e: Exception, family: str, checkpoint: str | None) -> Exception:
 
 def get_family(name: str) -> Family:
     load_families()
+    name = FAMILY_MODULES.canonical(name)
     if name not in FAMILIES:
         close = difflib.get_close_matches(str(name), list(FAMILIES), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -203,7 +204,7 @@ def spec_options(cfg: Any) -> tuple[str, str | None, dict]:
     if clash:
         raise config_error(f"teacher.options repeats {clash}; set them as teacher.<name> instead")
     opts.update(extra)
-    return str(get("family")), (str(get("checkpoint")) or None), opts
+    return FAMILY_MODULES.canonical(str(get("family"))), (str(get("checkpoint")) or None), opts
 
 
 def load_spec(cfg: Any) -> FrozenTeacher:

@@ -142,6 +142,31 @@ def test_legacy_resume_values_still_load():
         _cfg(Path("x"), "train.resume=sometimes")
 
 
+def test_a_renamed_option_value_is_read_under_its_current_name(tmp_path, caplog):
+    """teacher.family=usjepa (the native family's former name): accepted with one warning, written as native, and
+    an older run folder that saved the old name resumes with the new one without counting as changed."""
+    from teachers.cache import identity_diff
+    from usjepa.config import load_spec
+
+    with caplog.at_level("WARNING"):
+        spec = load_spec(CONFIG, ["teacher.family=usjepa"])
+    warned = sum("teacher.family=usjepa is now called native" in r.getMessage() for r in caplog.records)
+    assert warned == 1  # once per load, though the config is checked twice on the way to the spec
+    assert spec.teacher.family == "native" and _cfg(tmp_path / "run", "teacher.family=usjepa").teacher.family == "native"
+    folder = RunFolder(tmp_path / "run")
+    folder.write_config(_cfg(folder.path, "teacher.family=native"))
+    old = (folder.path / "config.yaml").read_text().replace("family: native", "family: usjepa")
+    (folder.path / "config.yaml").write_text(old)  # as an older version wrote it
+    (folder.path / "status.json").write_text(json.dumps({"state": "preempted", "step": 4, "ckpt_step": 4}))
+    folder.write_config(_cfg(folder.path, "teacher.family=native"))  # not refused as a changed run
+    assert folder.read_history() == [] and "family: native" in (folder.path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="teacher.family"):
+        folder.write_config(_cfg(folder.path, "teacher.family=random"))  # a real change still is
+    # a target cache written under the old name matches the same teacher today
+    assert identity_diff({"teacher": {"family": "usjepa"}}, {"teacher": {"family": "native"}}) == []
+    assert identity_diff({"teacher": {"family": "usjepa"}}, {"teacher": {"family": "mae"}}) != []
+
+
 HOLD = """
 import sys, time
 from usjepa.io.lock import FolderLock

@@ -351,6 +351,10 @@ def test_native_family_export_and_training_checkpoint(tmp_path):
         with torch.no_grad():
             close(t(X1), vit(X1))  # RGB in, averaged to the encoder's one channel
             close(t(X2), vit(X2))
+    old_name = load("usjepa", str(tmp_path / "latest.pt"))  # the family's former name still loads the same
+    assert old_name.family == "native"
+    with torch.no_grad():
+        close(old_name(X1), vit(X1))
 
 
 def test_random_family_is_seeded():

@@ -38,8 +38,8 @@ SHARDINGS = ("none", "fsdp")  # train.sharding
 
 __all__ = ["ConfigError", "DataConfig", "EMAConfig", "LaunchConfig", "MAEConfig", "MaskConfig", "ModelConfig",
            "ObjectiveConfig", "OptimConfig", "PredictorConfig", "PretrainConfig", "RegionMaskConfig", "TeacherConfig",
-           "TrainConfig", "from_dict", "git_info", "load_config", "load_spec", "package_versions", "pretrain_spec",
-           "save_run_config", "spec_of", "to_dict", "to_spec", "validate"]
+           "TrainConfig", "current_names", "from_dict", "git_info", "load_config", "load_spec", "package_versions",
+           "pretrain_spec", "save_run_config", "spec_of", "to_dict", "to_spec", "validate"]
 
 
 # ----------------------------------------------------------------------------- sections owned by training
@@ -307,6 +307,7 @@ def validate(cfg: DictConfig) -> PretrainConfig:
 
     cfg.train.resume = resume_mode(cfg.train.resume)
     spec = to_spec(cfg)
+    cfg.teacher.family = spec.teacher.family  # a former family name, as the spec has it: its current one
     if spec.data.source == "prepared":
         from usjepa.data.errors import DataError
         from usjepa.data.shards import check_prepared
@@ -353,6 +354,17 @@ def spec_of(cfg: Any, schema: type = PretrainConfig) -> Any:
 def pretrain_spec(cfg: Any) -> PretrainConfig:
     """`spec_of` a training config."""
     return spec_of(cfg, PretrainConfig)
+
+
+def current_names(doc: dict) -> dict:
+    """A saved config (a plain dict: config.yaml, a checkpoint's config) with renamed option values under their
+    current names, so an older run folder compares equal to the same settings written today."""
+    from teachers.catalog import FAMILY_MODULES
+
+    teacher = doc.get("teacher")
+    if not (isinstance(teacher, dict) and teacher.get("family") in FAMILY_MODULES):
+        return doc
+    return {**doc, "teacher": {**teacher, "family": FAMILY_MODULES.canonical(teacher["family"])}}
 
 
 def load_spec(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:

@@ -30,18 +30,29 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._aliases: dict[str, str] = {}  # an old name -> the name it was renamed to (still accepted)
 
     def register(self, name: str, target: str = "", summary: str = "", **facts: Any) -> None:
         if name in self._entries:
             raise ValueError(f"{self.kind} '{name}' is already registered")
         self._entries[name] = Entry(name, target, summary, dict(facts))
 
+    def alias(self, old: str, new: str) -> None:
+        """Accept `old`, a former name of `new`, wherever `new` is accepted (configs keep working after a rename)."""
+        if new not in self._entries or old in self._entries:
+            raise ValueError(f"{self.kind} alias '{old}' -> '{new}' needs '{new}' registered and '{old}' free")
+        self._aliases[old] = new
+
+    def canonical(self, name: str) -> str:
+        """The current name of `name` (itself unless it is a former name)."""
+        return self._aliases.get(name, name)
+
     def unregister(self, name: str) -> None:
         """Drop `name` (a test's or a plug-in's temporary entry); KeyError when it is not registered."""
         del self._entries[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -53,6 +64,7 @@ class Registry:
         return tuple(self._entries)
 
     def entry(self, name: str) -> Entry:
+        name = self.canonical(name)
         if name not in self._entries:
             choice(name, self._entries, self.kind)
         return self._entries[name]
@@ -62,7 +74,7 @@ class Registry:
 
     def check(self, value: str, key_name: str) -> None:
         """ConfigError naming `key_name` (relative to the spec being built) when `value` is not registered."""
-        choice(value, self._entries, key_name)
+        choice(self.canonical(value), self._entries, key_name)
 
     def get(self, name: str, fact: str = "") -> Any:
         """The implementation registered under `name` (imported now); with `fact`, the object that fact names

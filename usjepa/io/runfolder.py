@@ -214,6 +214,9 @@ class RunFolder:
                               "and train.resume=never: point train.out_dir at a new folder")
         if old is None or not self.has_trained():  # nothing trained yet (a failed start): any settings will do
             return
+        from usjepa.config import current_names
+
+        old = current_names(old)
         neutral, changed = config_changes(old, new)
         if changed and mode != "force":
             raise ConfigError(

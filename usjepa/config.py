@@ -301,19 +301,21 @@ def load_config(
 
 
 def validate(cfg: DictConfig) -> PretrainConfig:
-    """Every choice, range and cross-section rule (the specs' `check`), then the on-disk check of
-    data.source=prepared; returns the typed spec. `train.resume` true / false of older configs become auto / never."""
+    """Every choice, range and cross-section rule (the specs' `check`), then the data source's own on-disk check
+    (prepared shards); returns the typed spec. `train.resume` true / false of older configs become auto / never,
+    and a former teacher family name its current one."""
     from usjepa.io.runfolder import resume_mode
 
     cfg.train.resume = resume_mode(cfg.train.resume)
     spec = to_spec(cfg)
     cfg.teacher.family = spec.teacher.family  # a former family name, as the spec has it: its current one
-    if spec.data.source == "prepared":
+    from usjepa.data.config import DATA_SOURCES
+
+    if DATA_SOURCES.fact(spec.data.source, "check"):  # a source's own on-disk check (prepared shards: settings)
         from usjepa.data.errors import DataError
-        from usjepa.data.shards import check_prepared
 
         try:
-            check_prepared(spec.data, spec.model.img_size)
+            DATA_SOURCES.get(spec.data.source, "check")(spec.data, spec.model.img_size)
         except DataError as e:
             raise ConfigError(str(e)) from None
     return spec

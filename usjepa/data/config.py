@@ -9,15 +9,18 @@ from usjepa.registry import Registry
 from usjepa.spec import Spec, at_least, choice, fail, interval, key, within
 
 # a source's target reads its item table: (data section) -> DataFrame (usjepa.data.tables); optional facts:
-# `kinds` (file kinds a folder source lists), `check` ((data section, img_size) -> None, run before the table is
-# read) and `dataset` ((table, data section, img_size, augment, seed, class names) -> Dataset; default
-# usjepa.data.dataset.UltrasoundDataset), each a `module:attribute` string
+# `kinds` (file kinds a folder source lists), `check` ((data section, img_size) -> None, run when the config loads
+# and before the table is read) and `dataset` ((table, data section, img_size, augment, seed, class names) ->
+# Dataset; default usjepa.data.dataset.UltrasoundDataset), each a `module:attribute` string; `generated` (items
+# are made on first use: no folder to find, single-pane B-mode frames), `reads_manifest` (the table is a file,
+# data.manifest or <data.root>/manifest.csv), `prepared` (already shards: nothing to prepare)
 DATA_SOURCES = Registry("data source")
 DATA_SOURCES.register("simulate", "usjepa.data.tables:simulate_table",
-                      summary="B-mode simulator (generated into data.root when missing)")
+                      summary="B-mode simulator (generated into data.root when missing)", generated=True)
 DATA_SOURCES.register("folder", "usjepa.data.tables:files_table",
                       summary="images, DICOM and video files under data.root", kinds=("image", "dicom", "video"))
-DATA_SOURCES.register("manifest", "usjepa.data.tables:manifest_table", summary="a CSV / Parquet table of files")
+DATA_SOURCES.register("manifest", "usjepa.data.tables:manifest_table", summary="a CSV / Parquet table of files",
+                      reads_manifest=True)
 DATA_SOURCES.register("dicom", "usjepa.data.tables:files_table", summary="DICOM files under data.root",
                       kinds=("dicom",))
 DATA_SOURCES.register("video", "usjepa.data.tables:files_table", summary="video files under data.root",
@@ -25,7 +28,8 @@ DATA_SOURCES.register("video", "usjepa.data.tables:files_table", summary="video 
 DATA_SOURCES.register("ultrabench", "usjepa.data.tables:ultrabench_table", summary="an UltraBench dataset folder")
 DATA_SOURCES.register("prepared", "usjepa.data.tables:prepared_table",
                       summary="shards written by `usjepa data prepare`",
-                      check="usjepa.data.shards:check_prepared", dataset="usjepa.data.prepared:prepared_dataset")
+                      check="usjepa.data.shards:check_prepared", dataset="usjepa.data.prepared:prepared_dataset",
+                      prepared=True)
 SOURCES = DATA_SOURCES.names()  # data.source
 PANES = ("split", "whole")  # data.panes
 COLOUR_FRAMES = ("skip", "gray", "keep")  # data.colour_frames

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from usjepa.data.config import COLOUR_FRAMES, PANES
+from usjepa.data.config import COLOUR_FRAMES, DATA_SOURCES, PANES
 from usjepa.data.errors import BadItem, DataError
 from usjepa.data.layout import Box, decolour, detect_layout, estimate_region, pane_region, regions_in
 from usjepa.io.atomic import atomic_write_text
@@ -148,9 +148,10 @@ def scan_layouts(jobs: list[tuple[str, str, int]], workers: int = 1) -> list[dic
 
 
 def needs_scan(cfg, source: str) -> bool:
-    """Simulated frames are single-pane B-mode; otherwise scan unless both features are off."""
-    return source != "simulate" and (getattr(cfg, "panes", "split") == "split"
-                                     or getattr(cfg, "colour_frames", "skip") != "keep")
+    """Generated (simulated) frames are single-pane B-mode; otherwise scan unless both features are off."""
+    generated = source in DATA_SOURCES and DATA_SOURCES.fact(source, "generated", False)
+    return not generated and (getattr(cfg, "panes", "split") == "split"
+                              or getattr(cfg, "colour_frames", "skip") != "keep")
 
 
 def item_rows(rec: dict, lay: dict | None, split: bool, policy: str, region_mode: str) -> tuple[list[dict], list[dict]]:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from usjepa.data import shards as fmt
+from usjepa.data.config import DATA_SOURCES
 from usjepa.data.dataset import item_region, preprocess_frame
 from usjepa.data.errors import BadItem, DataError
 from usjepa.data.panes import SCAN_VERSION, SKIP_REASON, PaneView, item_rows, layout_record, needs_scan
@@ -270,8 +271,8 @@ def prepare(cfg, out_dir: str | os.PathLike, workers: int = 0, shard_rows: int =
     from usjepa.data.build import load_table
 
     data = cfg.data
-    if data.source == "prepared":
-        raise DataError("data.source=prepared is already prepared; give the config of the source data")
+    if DATA_SOURCES.fact(data.source, "prepared", False):
+        raise DataError(f"data.source={data.source} is already prepared; give the config of the source data")
     if shard_rows < 1:
         raise DataError(f"--shard-rows must be >= 1, got {shard_rows}")
     out = Path(out_dir)

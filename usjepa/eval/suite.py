@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from usjepa.data.config import DATA_SOURCES
 from usjepa.eval import protocols as P
 from usjepa.eval.config import ProbeDatasetSpec, ProbeRunConfig, ProtocolConfig, probe_spec
 from usjepa.eval.encoders import ProbeEncoder, build_probe_encoder
@@ -76,9 +77,9 @@ class DatasetHandle:
     def missing(self) -> str:
         """Why this dataset cannot be read at all (its folder or manifest does not exist), or ''."""
         d = self.data
-        if d.source == "simulate":
+        if DATA_SOURCES.fact(d.source, "generated", False):
             return ""  # generated on first use
-        if d.source == "manifest":
+        if DATA_SOURCES.fact(d.source, "reads_manifest", False):
             path = d.manifest or (os.path.join(d.root, "manifest.csv") if d.root else "")
             return "" if not path or os.path.exists(path) else f"its manifest {path} does not exist"
         return "" if not d.root or os.path.exists(d.root) else f"its folder {d.root} does not exist"

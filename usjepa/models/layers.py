@@ -91,26 +91,24 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def init_weights(module: nn.Module) -> None:
-    """trunc-normal(0.02) linears, unit LayerNorms (timm / I-JEPA convention)."""
+def _init_linear_and_norm(module: nn.Module, init_linear_weight) -> None:
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        init_linear_weight(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def init_weights(module: nn.Module) -> None:
+    """trunc-normal(0.02) linears, unit LayerNorms (timm / I-JEPA convention)."""
+    _init_linear_and_norm(module, lambda w: nn.init.trunc_normal_(w, std=0.02))
 
 
 def xavier_init(module: nn.Module) -> None:
     """xavier-uniform linears, unit LayerNorms (MAE's `_init_weights`)."""
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+    _init_linear_and_norm(module, nn.init.xavier_uniform_)
 
 
 def rescale_residual_branches(blocks: nn.ModuleList) -> None:

@@ -22,8 +22,8 @@ from omegaconf import OmegaConf
 
 import teachers
 from teachers.cache import TargetCache, build_cache
-from teachers.config import TeacherConfig
-from usjepa.data.config import DataConfig
+from teachers.spec import TeacherConfig
+from usjepa.data.spec import DataConfig
 
 
 class Synthetic(torch.utils.data.Dataset):

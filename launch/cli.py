@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from launch.config import CLUSTERS
+from launch.spec import CLUSTERS
 
 _CLUSTER_HELP = ("where to run: slurm (sbatch), local (a background process on this machine) or debug "
                  "(in this process); default: the config's launch.cluster")

@@ -16,7 +16,7 @@ from typing import Any
 import submitit
 from submitit.slurm.slurm import SlurmExecutor
 
-from launch.config import CLUSTERS, NON_NEGATIVE, POSITIVE
+from launch.spec import CLUSTERS, NON_NEGATIVE, POSITIVE
 from usjepa.errors import ConfigError
 
 logger = logging.getLogger(__name__)

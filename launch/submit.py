@@ -54,7 +54,7 @@ def launch_overrides(path: str | Path) -> list[str]:
 
 
 PROBE_ENTRY = "usjepa.eval.suite:run_probe"
-PROBE_SCHEMA = "usjepa.eval.config:ProbeRunConfig"
+PROBE_SCHEMA = "usjepa.eval.spec:ProbeRunConfig"
 
 
 def is_probe_config(config: str | Path) -> bool:

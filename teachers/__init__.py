@@ -5,7 +5,7 @@
 
 Families: native, timm, vit, mae, urfm, dinov2, ijepa, usfm, random (see teachers/README.md).
 Importing the package is light: the names below (and the family modules, which register themselves) load on
-first use, so `teachers.config` and `teachers.catalog` can be read without torch.
+first use, so `teachers.spec` and `teachers.catalog` can be read without torch.
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ def test_spec_objects_are_frozen_and_typed():
 def test_registries_match_their_implementations():
     import teachers
     from teachers.catalog import FAMILY_MODULES
-    from usjepa.eval.config import CORRUPTIONS, ENCODER_KINDS
+    from usjepa.eval.spec import CORRUPTIONS, ENCODER_KINDS
     from usjepa.objectives.spec import LOSSES, OBJECTIVES
 
     for reg in (OBJECTIVES, LOSSES, ENCODER_KINDS, CORRUPTIONS):
@@ -214,8 +214,9 @@ def test_config_imports_no_torch_and_no_teacher_family():
     assert proc.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("first", ["launch.config", "teachers.config", "usjepa.eval.config", "usjepa.masks.spec",
-                                   "usjepa.objectives.spec", "usjepa.models.spec", "usjepa.data.config"])
+@pytest.mark.parametrize("first", ["launch.spec", "teachers.spec", "usjepa.eval.spec", "usjepa.eval.config",
+                                   "usjepa.masks.spec", "usjepa.objectives.spec", "usjepa.models.spec",
+                                   "usjepa.data.spec"])
 def test_any_config_module_imports_first(first):
     """No import cycle: each section module works as the first import of a fresh interpreter."""
     proc = _fresh(f"import {first}\nimport usjepa.config\nprint(usjepa.config.load_config('{TINY}').model.arch)")

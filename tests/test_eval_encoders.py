@@ -2,8 +2,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from usjepa.eval.config import ProbeEncoderSpec
 from usjepa.eval.encoders import build_probe_encoder
+from usjepa.eval.spec import ProbeEncoderSpec
 from usjepa.models import build_vit, export_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small probe workloads: one thread is fastest

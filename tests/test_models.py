@@ -4,7 +4,7 @@ import torch
 
 from usjepa.models import Predictor, build_vit, export_encoder, load_encoder_checkpoint
 from usjepa.models.checkpoint_io import CheckpointError
-from usjepa.models.mae import MAEDecoder, patchify
+from usjepa.models.mae_decoder import MAEDecoder, patchify
 
 
 def _vit(**kw):

@@ -55,7 +55,7 @@ def test_salt_recipe_runs_a_step_with_rope_and_records_its_masks(tmp_path, sim_r
 
 
 def test_vpixel_recipe_reconstructs_under_both_mask_pairs(tmp_path, sim_root, monkeypatch):
-    from usjepa.models.mae import MAEDecoder
+    from usjepa.models.mae_decoder import MAEDecoder
 
     calls = []
     real = MAEDecoder.forward

@@ -1,7 +1,7 @@
 """Registries are the list of names and the dispatch: a name registered here (and only here) is accepted when the
 config loads and reached by the builder; once removed, the config refuses it in one line naming the key.
 
-Covers mask presets / samplers (usjepa.masks.spec), data sources (usjepa.data.config) and attention backends
+Covers mask presets / samplers (usjepa.masks.spec), data sources (usjepa.data.spec) and attention backends
 (usjepa.models.spec). Each toy entry points at an object of this module and is unregistered afterwards.
 """
 
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from usjepa.config import ConfigError, load_config
-from usjepa.data.config import DATA_SOURCES
+from usjepa.data.spec import DATA_SOURCES
 from usjepa.masks import IJepaMultiBlock, build_masker
 from usjepa.masks.spec import MASK_PRESETS, MASK_SAMPLERS
 from usjepa.models import attention as A

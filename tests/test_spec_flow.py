@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from usjepa.config import PretrainConfig, load_config, load_spec, pretrain_spec, spec_of, to_dict
-from usjepa.eval.config import ProbeRunConfig, load_probe_config
+from usjepa.eval.config import load_probe_config
+from usjepa.eval.spec import ProbeRunConfig
 from usjepa.spec import plain
 from usjepa.train import loop as train_loop
 from usjepa.train import run_training

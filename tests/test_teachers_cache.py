@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 import teachers
 from teachers import cache as tcache
 from teachers.cache import TargetCache, build_cache, cache_identity
-from teachers.config import TeacherConfig
-from usjepa.data.config import DataConfig
+from teachers.spec import TeacherConfig
+from usjepa.data.spec import DataConfig
 from usjepa.models.checkpoint_io import CheckpointError
 
 BAD = 3

@@ -1,8 +1,8 @@
 """Typed run configuration: schema -> YAML (with `base:` inheritance) -> dotted CLI overrides -> validate -> save.
 
 Every section is a read-only `Spec` dataclass (usjepa.spec) owned by the code that reads it
-(usjepa.models.spec, usjepa.masks.spec, usjepa.objectives.spec, usjepa.data.config, teachers.config,
-launch.config; optim and train here) that checks its own choices and ranges in `check`, reading the component
+(usjepa.models.spec, usjepa.masks.spec, usjepa.objectives.spec, usjepa.data.spec, teachers.spec,
+launch.spec; optim and train here) that checks its own choices and ranges in `check`, reading the component
 registries for the names. The YAML / CLI layer merges with OmegaConf, then `to_spec` builds those objects, so
 every bad value is refused at load time with its dotted key. An unknown key anywhere is an error that names
 the closest valid key.
@@ -21,9 +21,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from launch.config import LaunchConfig
-from teachers.config import TeacherConfig
-from usjepa.data.config import DataConfig
+from launch.spec import LaunchConfig
+from teachers.spec import TeacherConfig
+from usjepa.data.spec import DataConfig
 from usjepa.errors import ConfigError
 from usjepa.io.provenance import git_info, package_versions
 from usjepa.masks.spec import MaskConfig, RegionMaskConfig
@@ -309,7 +309,7 @@ def validate(cfg: DictConfig) -> PretrainConfig:
     cfg.train.resume = resume_mode(cfg.train.resume)
     spec = to_spec(cfg)
     cfg.teacher.family = spec.teacher.family  # a former family name, as the spec has it: its current one
-    from usjepa.data.config import DATA_SOURCES
+    from usjepa.data.spec import DATA_SOURCES
 
     if DATA_SOURCES.fact(spec.data.source, "check"):  # a source's own on-disk check (prepared shards: settings)
         from usjepa.data.errors import DataError

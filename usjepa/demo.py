@@ -73,7 +73,7 @@ def run_demo(out_dir: str | Path = "runs/demo", size: str = "tiny", compare: boo
     random-init encoder, so a seed study can vary training on fixed data and fixed probes."""
     from omegaconf import OmegaConf
 
-    from teachers.config import TeacherConfig
+    from teachers.spec import TeacherConfig
     from usjepa.config import load_config
     from usjepa.data import DataConfig, build_dataset
     from usjepa.eval import load_probe_config, run_probe

@@ -1,12 +1,12 @@
 """Ultrasound data: the B-mode simulator (`usjepa.data.sim`), sources (folders, manifests, DICOM, video,
 UltraBench), fan-aware preprocessing, seedable transforms, balanced sampling weights and patient-grouped splits.
 
-The names below load on first use (usjepa.lazy), so the light `usjepa.data.config` imports no numpy or torch.
+The names below load on first use (usjepa.lazy), so the light `usjepa.data.spec` imports no numpy or torch.
 """
 
 from __future__ import annotations
 
-from usjepa.data.config import DataConfig
+from usjepa.data.spec import DataConfig
 from usjepa.lazy import lazy_exports
 
 _EXPORTS = {

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from usjepa.data.config import DATA_SOURCES
 from usjepa.data.dataset import UltrasoundDataset, resolve_labels
 from usjepa.data.errors import DataError
+from usjepa.data.spec import DATA_SOURCES
 from usjepa.data.splits import SPLITS, apply_groups, check_patient_leakage, make_group_splits, require_groups
 
 log = logging.getLogger(__name__)

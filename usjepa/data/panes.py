@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from usjepa.data.config import COLOUR_FRAMES, DATA_SOURCES, PANES
 from usjepa.data.errors import BadItem, DataError
 from usjepa.data.layout import Box, decolour, detect_layout, estimate_region, pane_region, regions_in
+from usjepa.data.spec import COLOUR_FRAMES, DATA_SOURCES, PANES
 from usjepa.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)

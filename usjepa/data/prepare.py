@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 
 from usjepa.data import shards as fmt
-from usjepa.data.config import DATA_SOURCES
 from usjepa.data.dataset import item_region, preprocess_frame
 from usjepa.data.errors import BadItem, DataError
 from usjepa.data.panes import SCAN_VERSION, SKIP_REASON, PaneView, item_rows, layout_record, needs_scan
 from usjepa.data.pool import starmap_bounded
 from usjepa.data.sources import decode
+from usjepa.data.spec import DATA_SOURCES
 from usjepa.data.transforms import crop_resize
 from usjepa.io.atomic import atomic_write_bytes
 from usjepa.spec import plain

@@ -18,10 +18,10 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from usjepa.config import ModelConfig
-from usjepa.data.config import DataConfig
 from usjepa.data.errors import BadItem, DataError
 from usjepa.data.layout import detect_layout
 from usjepa.data.panes import item_name
+from usjepa.data.spec import DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""One item-table reader per `data.source`: the targets `DATA_SOURCES` (usjepa.data.config) registers.
+"""One item-table reader per `data.source`: the targets `DATA_SOURCES` (usjepa.data.spec) registers.
 
 Each reader takes the `data:` section and returns the full item table of that source (all splits; the columns of
 `usjepa.data.sources.COLUMNS`, one row per frame). `usjepa.data.build.load_table` dispatches through the registry,
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from usjepa.data.config import DATA_SOURCES
 from usjepa.data.errors import DataError
 from usjepa.data.sources import read_manifest, read_ultrabench, scan_folder
+from usjepa.data.spec import DATA_SOURCES
 
 log = logging.getLogger(__name__)
 

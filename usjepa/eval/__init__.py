@@ -2,7 +2,7 @@
 
 The plain API for fixed features is `linear_probe(train=(X, y), val=(X, y), test=(X, y))`; `usjepa probe CONFIG`
 runs a whole suite (encoders x datasets x protocol) into one results table. The names below load on first use
-(usjepa.lazy), so the probe config (`usjepa.eval.config`) reads without torch.
+(usjepa.lazy), so the probe config (`usjepa.eval.config`, `usjepa.eval.spec`) reads without torch.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ _EXPORTS = {
     "attentive_probe": "usjepa.eval.attentive",
     "ProbeResult": "usjepa.eval.suite",
     "run_probe": "usjepa.eval.suite",
-    "ProbeRunConfig": "usjepa.eval.config",
+    "ProbeRunConfig": "usjepa.eval.spec",
     "load_probe_config": "usjepa.eval.config",
     "apply_corruption": "usjepa.eval.corruptions",
     "build_probe_encoder": "usjepa.eval.encoders",

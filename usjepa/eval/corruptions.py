@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from usjepa.eval.config import CORRUPTIONS as CORRUPTION_KINDS
+from usjepa.eval.spec import CORRUPTIONS as CORRUPTION_KINDS
 
 CONTRAST_ALPHA = {1: 0.7, 2: 0.5, 3: 0.3}
 
@@ -95,7 +95,7 @@ def correlated_speckle(images: Tensor, region: Tensor | None, severity: int, see
     return out.clamp(0, 1)
 
 
-# name -> function, from the registry in usjepa.eval.config (the one list of corruption names)
+# name -> function, from the registry in usjepa.eval.spec (the one list of corruption names)
 CORRUPTIONS = {name: CORRUPTION_KINDS.get(name) for name in CORRUPTION_KINDS}
 
 

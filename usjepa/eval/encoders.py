@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from usjepa.eval.config import ENCODER_KINDS
+from usjepa.eval.spec import ENCODER_KINDS
 from usjepa.spec import plain
 
 log = logging.getLogger(__name__)

@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from usjepa.data.config import DATA_SOURCES
+from usjepa.data.spec import DATA_SOURCES
 from usjepa.eval import protocols as P
-from usjepa.eval.config import ProbeDatasetSpec, ProbeRunConfig, ProtocolConfig, probe_spec
+from usjepa.eval.config import probe_spec
 from usjepa.eval.encoders import ProbeEncoder, build_probe_encoder
 from usjepa.eval.features import FeatureSet, dataset_identity, extract_features
 from usjepa.eval.report import append_row, load_rows, write_tables
+from usjepa.eval.spec import ProbeDatasetSpec, ProbeRunConfig, ProtocolConfig
 from usjepa.eval.splits import DegenerateSplitError, cap_indices, carve, check_classes, check_no_leakage
 from usjepa.io.runfolder import RunFolder
 from usjepa.spec import plain

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from usjepa.models.mae import MAEDecoder, patchify
+from usjepa.models.mae_decoder import MAEDecoder, patchify
 from usjepa.models.vit import to_channels
 from usjepa.objectives.base import Objective, Parts, pooled_features
 

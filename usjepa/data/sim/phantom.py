@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from usjepa.data.config import LESIONS, ORGANS, PROBES  # the names the `data:` section accepts
+from usjepa.data.spec import LESIONS, ORGANS, PROBES  # the names the `data:` section accepts
 
 LESION_SIZE = (0.08, 0.25)  # default lesion diameter range, as a fraction of the imaging depth
 C_MM_PER_US = 1.54  # speed of sound, mm per microsecond

@@ -151,7 +151,7 @@ def test_a_renamed_option_value_is_read_under_its_current_name(tmp_path, caplog)
     with caplog.at_level("WARNING"):
         spec = load_spec(CONFIG, ["teacher.family=usjepa"])
     warned = sum("teacher.family=usjepa is now called native" in r.getMessage() for r in caplog.records)
-    assert warned == 1  # once per load, though the config is checked twice on the way to the spec
+    assert warned == 1  # once per load
     assert spec.teacher.family == "native"
     assert _cfg(tmp_path / "run", "teacher.family=usjepa").teacher.family == "native"  # the DictConfig layer too
     folder = RunFolder(tmp_path / "run")

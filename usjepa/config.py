@@ -284,6 +284,11 @@ def load_config(
     path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), schema: type = PretrainConfig
 ) -> DictConfig:
     """Schema defaults <- YAML file <- `key=value` overrides; unknown keys and bad types are ConfigErrors."""
+    return _load(path, overrides, schema)[0]
+
+
+def _load(path: str | Path | None, overrides: list[str] | tuple[str, ...], schema: type) -> tuple[DictConfig, Any]:
+    """(the merged config, its checked spec for a training config, else None)."""
     base = _structured(schema)
     cfg = base
     if path is not None:
@@ -295,9 +300,7 @@ def load_config(
             raise ConfigError(f"bad value in '{path}' at '{e.full_key}': {str(e.msg).splitlines()[0]}") from None
     for ov in overrides:
         cfg = apply_override(cfg, ov)
-    if schema is PretrainConfig:
-        validate(cfg)
-    return cfg
+    return cfg, (validate(cfg) if schema is PretrainConfig else None)
 
 
 def validate(cfg: DictConfig) -> PretrainConfig:
@@ -371,7 +374,7 @@ def current_names(doc: dict) -> dict:
 
 def load_spec(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
     """`load_config` ending in the typed spec (the entry points' call)."""
-    return pretrain_spec(load_config(path, overrides))
+    return _load(path, overrides, PretrainConfig)[1]
 
 
 def from_dict(d: dict, schema: type = PretrainConfig) -> DictConfig:

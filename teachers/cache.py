@@ -27,6 +27,7 @@ from torch import Tensor
 
 from teachers.loading import sha256_file
 from teachers.registry import get_family, load_spec, spec_options
+from usjepa.data.spec import VIEW_VERSION
 from usjepa.io.atomic import atomic_write, atomic_write_json
 from usjepa.models.checkpoint_io import CheckpointError
 from usjepa.spec import plain
@@ -63,7 +64,8 @@ def dataset_identity(dataset: Any, data_cfg: Any) -> dict:
     paths = getattr(dataset, "paths", None)
     digest = hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest() if paths is not None else None
     view = {k: v for k, v in sorted(cfg.items()) if k not in NOT_VIEW_FIELDS}
-    return {"num_items": len(dataset), "paths_sha256": digest, "view": json.loads(json.dumps(view, default=str))}
+    return {"num_items": len(dataset), "paths_sha256": digest, "view": json.loads(json.dumps(view, default=str)),
+            "view_version": VIEW_VERSION}
 
 
 def cache_identity(teacher_cfg: Any, dataset: Any, data_cfg: Any, img_size: Sequence[int], grid: Sequence[int],

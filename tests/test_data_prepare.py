@@ -209,6 +209,19 @@ def test_other_settings_are_refused_with_the_keys_named(prepared, src, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
 
+def test_shards_of_other_preprocessing_rules_are_refused(prepared, monkeypatch):
+    """Shards record the VIEW_VERSION of their pixels; shards of other rules are refused, never read."""
+    import json
+
+    out, _ = prepared
+    meta = json.loads((out / fmt.META).read_text())
+    assert meta["view_version"] == fmt.VIEW_VERSION == fmt.FIRST_VIEW_VERSION
+    assert fmt.read_meta(out)["view_version"] == fmt.VIEW_VERSION
+    monkeypatch.setattr(fmt, "VIEW_VERSION", fmt.VIEW_VERSION + 1)
+    with pytest.raises(DataError, match=r"preprocessing rules of version 2; this usjepa makes version 3"):
+        fmt.read_meta(out)
+
+
 def test_ranks_and_workers_see_disjoint_items(prepared):
     out, _ = prepared
     ds = build_dataset(_prepared_cfg(out, "data.augment_policy=usjepa", "data.vflip=0.5").data, None, IMG,

@@ -86,6 +86,18 @@ def test_cache_is_reused_keyed_by_weights_and_extended_when_more_is_asked(tmp_pa
     assert cache_path(tmp_path, "e", "d1") != cache_path(tmp_path, "e", "d1", "blur", 1)
 
 
+def test_the_data_id_of_cached_features_follows_the_preprocessing_rules(monkeypatch):
+    """Features cached from pixels of older preprocessing rules (VIEW_VERSION) get another id: never reused."""
+    from usjepa.data.spec import DataConfig
+    from usjepa.eval import features
+
+    ds, idx = ToyImages(), np.arange(9)
+    now = features.dataset_identity(DataConfig(), "train", (16, 16), ds, idx)
+    assert features.dataset_identity(DataConfig(), "train", (16, 16), ds, idx) == now
+    monkeypatch.setattr(features, "VIEW_VERSION", features.VIEW_VERSION + 1)
+    assert features.dataset_identity(DataConfig(), "train", (16, 16), ds, idx) != now
+
+
 def test_a_corrupt_cache_file_is_recomputed(tmp_path):
     ds, enc = ToyImages(), _enc()
     extract_features(enc, ds, cache_dir=tmp_path, data_id="d")

@@ -103,6 +103,21 @@ def test_refuses_a_cache_made_for_another_setup(built, change, field):
         TargetCache(out, expected=expected)
 
 
+def test_a_cache_of_older_preprocessing_rules_is_refused(built, monkeypatch):
+    """Pixels of the same data settings changed meaning (VIEW_VERSION): a cache of the old pixels is never reused."""
+    import json
+
+    out, ds = built
+    expected = cache_identity(teacher_cfg(), ds, DATA, (32, 32), (2, 2), "layernorm")
+    TargetCache(out, expected=expected)  # today's rules: reused
+    meta = json.loads((out / "cache.json").read_text())
+    assert meta["identity"]["dataset"]["view_version"] == tcache.VIEW_VERSION
+    monkeypatch.setattr(tcache, "VIEW_VERSION", tcache.VIEW_VERSION + 1)
+    newer = cache_identity(teacher_cfg(), ds, DATA, (32, 32), (2, 2), "layernorm")
+    with pytest.raises(CheckpointError, match=r"dataset[.]view_version: cache 2, this run 3"):
+        TargetCache(out, expected=newer)
+
+
 def test_checkpoint_hash_is_part_of_the_identity(tmp_path):
     from timm.models.vision_transformer import VisionTransformer
 

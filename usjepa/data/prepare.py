@@ -30,7 +30,7 @@ from usjepa.data.errors import BadItem, DataError
 from usjepa.data.panes import SCAN_VERSION, SKIP_REASON, PaneView, item_rows, layout_record, needs_scan
 from usjepa.data.pool import starmap_bounded
 from usjepa.data.sources import decode
-from usjepa.data.spec import DATA_SOURCES
+from usjepa.data.spec import DATA_SOURCES, VIEW_VERSION
 from usjepa.data.transforms import crop_resize
 from usjepa.io.atomic import atomic_write_bytes
 from usjepa.spec import plain
@@ -181,8 +181,9 @@ def _source_rows(table: pd.DataFrame) -> list[dict]:
 
 def _fingerprints(chunks: list[list[dict]], settings: dict) -> list[str]:
     """One hash per chunk: format, settings, scan rules, its rows and the size and time of every file they read."""
-    head = json.dumps({"format": fmt.FORMAT, "version": fmt.VERSION, "scan": SCAN_VERSION, "settings": settings},
-                      sort_keys=True).encode()
+    view = {} if VIEW_VERSION == fmt.FIRST_VIEW_VERSION else {"view": VIEW_VERSION}  # keeps older fingerprints
+    head = json.dumps({"format": fmt.FORMAT, "version": fmt.VERSION, "scan": SCAN_VERSION, "settings": settings,
+                       **view}, sort_keys=True).encode()
     stats: dict[str, str] = {}
 
     def stat(p: str) -> str:
@@ -327,8 +328,8 @@ def _prepare_into(out: Path, cfg, settings: dict, table: pd.DataFrame, recs: lis
     for p in out.iterdir():  # temp files of a killed run
         if fmt.is_tmp(p.name):
             p.unlink(missing_ok=True)
-    meta = {"format": fmt.FORMAT, "version": fmt.VERSION, "settings": settings, "plan": plan,
-            "shard_rows": shard_rows, "source": data.manifest or data.root or data.source,
+    meta = {"format": fmt.FORMAT, "version": fmt.VERSION, "view_version": VIEW_VERSION, "settings": settings,
+            "plan": plan, "shard_rows": shard_rows, "source": data.manifest or data.root or data.source,
             "data": plain(data), "model_img_size": list(cfg.model.img_size),
             "git": {"commit": (g := git_info())["commit"], "dirty": bool(g["dirty_diff"])},
             "versions": package_versions(), "shards": len(chunks), "items": None}

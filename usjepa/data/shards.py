@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from usjepa.data.errors import DataError
+from usjepa.data.spec import VIEW_VERSION
 from usjepa.io.atomic import atomic_write
 
 FORMAT = "usjepa-prepared"
 VERSION = 1
+FIRST_VIEW_VERSION = 2  # shards were first written under the view rules of VIEW_VERSION 2 (no key stored then)
 # data.* keys that change what is stored (pixels, regions, which items exist): shards made with other values are
 # refused by name. Augmentation keys (crop, flips, policy, resize) act at read time and may differ.
 SETTINGS_KEYS = ("preprocess", "region", "channels", "panes", "colour_frames", "max_side", "frame_stride",
@@ -77,6 +79,11 @@ def read_meta(root: str | os.PathLike) -> dict:
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise DataError(f"{path} is {meta.get('format')} version {meta.get('version')}, this usjepa reads "
                         f"{FORMAT} version {VERSION}; prepare the shards again with this version")
+    stored_view = meta.get("view_version", FIRST_VIEW_VERSION)
+    if stored_view != VIEW_VERSION:
+        raise DataError(f"{path} holds pixels made by the preprocessing rules of version {stored_view}; this usjepa "
+                        f"makes version {VIEW_VERSION} (see VIEW_VERSION in usjepa/data/spec.py): prepare the shards "
+                        "again with this version")
     return meta
 
 

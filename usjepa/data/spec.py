@@ -34,6 +34,11 @@ SOURCES = DATA_SOURCES.names()  # data.source
 PANES = ("split", "whole")  # data.panes
 COLOUR_FRAMES = ("skip", "gray", "keep")  # data.colour_frames
 PREPROCESS = ("none", "fan", "usjepa", "usrc")  # data.preprocess
+# The rules that turn an item and its data settings into pixels (preprocess, crop, resize, region). Bump it when a
+# setting's pixels change meaning, so that every stored view (teacher target caches, probe feature caches,
+# prepared shards) is rebuilt instead of silently reused. 1: data.preprocess=usjepa cropped to the fan;
+# 2: data.preprocess=usjepa keeps the whole frame (usrc crops to the fan).
+VIEW_VERSION = 2
 AUGMENT_POLICIES = ("default", "usjepa", "trivial", "none")  # data.augment_policy
 REGIONS = ("auto", "given", "estimate", "none")  # data.region
 RESIZE = ("pad", "squash")  # data.resize

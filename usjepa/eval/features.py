@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from usjepa.data.dataset import collate_skip_bad
+from usjepa.data.spec import VIEW_VERSION
 from usjepa.eval.corruptions import apply_corruption
 from usjepa.eval.encoders import ProbeEncoder
 from usjepa.io.atomic import atomic_write
@@ -82,7 +83,8 @@ def dataset_identity(data_cfg, split: str | None, img_size: Sequence[int], datas
     cfg = dict(plain(data_cfg) or {})
     for k in ("num_workers", "batch_size", "sim_workers"):  # they do not change what items look like
         cfg.pop(k, None)
-    h = hashlib.sha256(json.dumps({"cfg": cfg, "split": split, "img": list(img_size), "n": len(dataset)},
+    h = hashlib.sha256(json.dumps({"cfg": cfg, "split": split, "img": list(img_size), "n": len(dataset),
+                                   "view_version": VIEW_VERSION},
                                   sort_keys=True, default=str).encode())
     h.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
     labels = getattr(dataset, "labels", None)

@@ -8,12 +8,13 @@ Adding, say, an objective is its file plus one `register` line in the component'
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from usjepa.spec import choice
+from usjepa.spec import choice, fail, key
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,11 @@ class Registry:
 
     def check(self, value: str, key_name: str) -> None:
         """ConfigError naming `key_name` (relative to the spec being built) when `value` is not registered."""
-        choice(self.canonical(value), self._entries, key_name)
+        if value in self:
+            return
+        close = difflib.get_close_matches(str(value), [*self._entries, *self._aliases], n=1)  # former names too
+        hint = f"; did you mean '{self.canonical(close[0])}'?" if close else ""
+        fail(f"{key(key_name)}='{value}' is not one of {', '.join(self._entries)}{hint}")
 
     def get(self, name: str, fact: str = "") -> Any:
         """The implementation registered under `name` (imported now); with `fact`, the object that fact names

@@ -12,7 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from usjepa.errors import ConfigError
 from usjepa.eval.spec import USJEPA_PRESET, ProbeRunConfig, ProtocolConfig
-from usjepa.spec import to_spec
 
 
 def probe_spec(cfg: Any) -> ProbeRunConfig:
@@ -20,11 +19,6 @@ def probe_spec(cfg: Any) -> ProbeRunConfig:
     from usjepa.config import spec_of
 
     return spec_of(cfg, ProbeRunConfig)
-
-
-def validate_probe_config(cfg: DictConfig) -> ProbeRunConfig:
-    """Every choice and range of a merged probe config (the specs' `check`); returns the typed spec."""
-    return to_spec(cfg)
 
 
 _DROPPABLE = ("datasets", "encoders")  # name-keyed mappings whose entries an override may remove
@@ -64,7 +58,7 @@ def load_probe_config(path: str | Path | None, overrides: list[str] | tuple[str,
             del cfg.datasets[name]
     if cfg.protocol.preset == "usjepa":
         apply_usjepa_preset(cfg)
-    validate_probe_config(cfg)
+    probe_spec(cfg)  # every choice and range checked now, before anything runs
     return cfg
 
 
